@@ -1,0 +1,12 @@
+//! ringkv: a multi-raft, hash-sharded, replicated key-value store.
+//!
+//! Keys hash (xxh3-64) onto a u64 ring cut into regions; each region is a raft group; a node
+//! drives all of its regions' peers from a few poller threads over one RocksDB, and talks to
+//! other nodes over QUIC with mutual TLS. See ARCHITECTURE.md for the map of this crate.
+//!
+//! Dependency direction (nothing imports from a layer above it):
+//! `keys`, `region`, `proto` → `engine` → `raftstore`, `transport` → `server`.
+
+pub mod keys;
+pub mod proto;
+pub mod region;
