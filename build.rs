@@ -2,7 +2,11 @@
 //! needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/metapb.proto", "proto/kvpb.proto", "proto/raft_serverpb.proto"];
+    let files = [
+        "proto/metapb.proto",
+        "proto/kvpb.proto",
+        "proto/raft_serverpb.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -94,7 +94,10 @@ pub fn region_state_key(region_id: u64) -> [u8; 9] {
 
 /// Range covering every region's `RegionLocalState`, for loading all regions at start.
 pub fn region_state_range() -> ([u8; 9], [u8; 9]) {
-    (meta_key(REGION_STATE_KIND, 0), meta_key(REGION_STATE_KIND + 1, 0))
+    (
+        meta_key(REGION_STATE_KIND, 0),
+        meta_key(REGION_STATE_KIND + 1, 0),
+    )
 }
 
 /// The region id inside a region state key.
@@ -111,7 +114,10 @@ mod tests {
     fn hash_is_xxh3_seed_zero() {
         // Pinned: the ring position of a key is part of the on-disk format.
         assert_eq!(key_hash(b""), 0x2D06800538D394C2);
-        assert_eq!(key_hash(b"a"), xxhash_rust::xxh3::xxh3_64_with_seed(b"a", 0));
+        assert_eq!(
+            key_hash(b"a"),
+            xxhash_rust::xxh3::xxh3_64_with_seed(b"a", 0)
+        );
     }
 
     #[test]

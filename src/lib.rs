@@ -7,6 +7,11 @@
 //! Dependency direction (nothing imports from a layer above it):
 //! `keys`, `region`, `proto` → `engine` → `raftstore`, `transport` → `server`.
 
+pub mod demo;
+pub mod engine;
 pub mod keys;
 pub mod proto;
+pub mod raftstore;
 pub mod region;
+pub mod server;
+pub mod transport;

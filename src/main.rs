@@ -1,1 +1,221 @@
-fn main() {}
+//! The `ringkv` command: run a node, a one-process demo cluster, or make certificates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ringkv::server::{Limits, Node, NodeConfig};
+use ringkv::transport::tls;
+
+#[derive(Parser)]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A multi-raft, hash-sharded, replicated key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a statically configured cluster.
+    Node(NodeArgs),
+    /// Run a 3-node cluster in this process (HTTP on 12380, 22380, 32380).
+    Demo(DemoArgs),
+    /// Create a cluster CA and node certificates (keeps existing files).
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// This node's store id: its 1-based position in --cluster.
+    #[arg(long)]
+    id: u64,
+    /// Raft (QUIC) addresses of all nodes in id order, comma-separated: host:port or
+    /// quic://host:port.
+    #[arg(long, value_delimiter = ',', required = true)]
+    cluster: Vec<String>,
+    /// Address for the client HTTP API.
+    #[arg(long, default_value = "127.0.0.1:12380")]
+    http_addr: SocketAddr,
+    /// Directory for this node's RocksDB and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Directory with ca.pem and node-{id}.pem/.key (see `ringkv certs`).
+    #[arg(long, conflicts_with_all = ["ca_cert", "cert", "key"])]
+    certs_dir: Option<PathBuf>,
+    /// Cluster CA certificate (PEM); with --cert and --key instead of --certs-dir.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca_cert: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Regions created, splitting the ring evenly, when the cluster is first bootstrapped.
+    #[arg(long, default_value_t = 1)]
+    initial_regions: u64,
+    /// Length of one raft tick.
+    #[arg(long, default_value_t = 100)]
+    raft_tick_ms: u64,
+    /// Ticks without a leader before an election (raft randomizes up to twice this).
+    #[arg(long, default_value_t = 10)]
+    election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    #[arg(long, default_value_t = 2)]
+    heartbeat_ticks: usize,
+    /// Applied raft log entries kept per region before the log is compacted.
+    #[arg(long, default_value_t = 1024)]
+    raft_log_gc_threshold: u64,
+    /// Raft poller threads.
+    #[arg(long, default_value_t = 1)]
+    pollers: usize,
+    /// Largest accepted key.
+    #[arg(long, default_value_t = 4096)]
+    max_key_bytes: usize,
+    /// Largest accepted value.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_value_bytes: usize,
+    /// How long a request may wait for a leader and for raft before it fails with 503.
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the three nodes keep their data.
+    #[arg(long, default_value = "ringkv-demo-data")]
+    data_dir: PathBuf,
+    /// Regions the ring starts with.
+    #[arg(long, default_value_t = 1)]
+    initial_regions: u64,
+    /// Interface the demo listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Output directory (ca.pem, ca.key, node-{id}.pem, node-{id}.key).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Make certificates for node ids 1..=N.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+}
+
+fn parse_cluster(cluster: &[String]) -> Result<Vec<SocketAddr>, String> {
+    cluster
+        .iter()
+        .map(|entry| {
+            let addr = entry.trim();
+            let addr = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+            let addr = addr.trim_end_matches('/');
+            addr.parse()
+                .map_err(|e| format!("--cluster entry {entry:?} is not host:port: {e}"))
+        })
+        .collect()
+}
+
+async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cluster = parse_cluster(&args.cluster)?;
+    let material = match (&args.certs_dir, &args.ca_cert, &args.cert, &args.key) {
+        (Some(dir), _, _, _) => tls::load_node_material(dir, args.id)?,
+        (None, Some(ca), Some(cert), Some(key)) => tls::TlsMaterial::from_files(ca, cert, key)?,
+        _ => return Err("give --certs-dir, or --ca-cert with --cert and --key".into()),
+    };
+    if args.election_ticks <= args.heartbeat_ticks {
+        return Err("--election-ticks must be greater than --heartbeat-ticks".into());
+    }
+    let cfg = NodeConfig {
+        store_id: args.id,
+        cluster,
+        http_addr: args.http_addr,
+        data_dir: args.data_dir,
+        initial_regions: args.initial_regions.max(1),
+        raft_tick_ms: args.raft_tick_ms.max(1),
+        election_ticks: args.election_ticks,
+        heartbeat_ticks: args.heartbeat_ticks.max(1),
+        raft_log_gc_threshold: args.raft_log_gc_threshold.max(1),
+        pollers: args.pollers.max(1),
+        limits: Limits {
+            max_key_bytes: args.max_key_bytes,
+            max_value_bytes: args.max_value_bytes,
+        },
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+    };
+    let node = Node::start(cfg, material).await?;
+    wait_for_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ringkv: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => run_node(args).await,
+            Command::Demo(args) => {
+                ringkv::demo::run(ringkv::demo::DemoConfig {
+                    data_dir: args.data_dir,
+                    initial_regions: args.initial_regions.max(1),
+                    host: args.host,
+                })
+                .await
+            }
+            Command::Certs(args) => {
+                let ids: Vec<u64> = (1..=args.nodes).collect();
+                tls::write_certs_dir(&args.dir, &ids)
+                    .map(|()| {
+                        println!(
+                            "certificates for nodes 1..={} in {}",
+                            args.nodes,
+                            args.dir.display()
+                        )
+                    })
+                    .map_err(Into::into)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ringkv: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -23,7 +23,11 @@ pub fn split_ring_evenly(count: u64) -> Vec<(u64, u64)> {
     (0..count)
         .map(|i| {
             let start = if i == 0 { 0 } else { width * i + 1 };
-            let end = if i + 1 == count { 0 } else { width * (i + 1) + 1 };
+            let end = if i + 1 == count {
+                0
+            } else {
+                width * (i + 1) + 1
+            };
             (start, end)
         })
         .collect()

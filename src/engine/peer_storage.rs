@@ -1,0 +1,530 @@
+//! `raft::Storage` for one region's peer, over the shared engine.
+//!
+//! In memory it keeps only positions (hard state, last index/term, applied and truncated
+//! index); entries are read from the `raft` CF. Mutations are staged into a caller's
+//! `WriteBatch` and reflected in memory at once: the raftstore writes that batch before it
+//! calls `advance` on the raft node, and a failed write stops the node (crash-stop), so raft
+//! never observes state that is not on disk. The log keeps the "dummy entry" contract:
+//! `first_index() == truncated_index + 1` and `term(truncated_index) == truncated_term`.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use super::snapshot::{self, SnapshotFile};
+use super::{Engine, EngineError, Result, WriteBatch, CF_DEFAULT, CF_META, CF_RAFT};
+use crate::keys;
+use crate::proto::metapb::Region;
+use crate::proto::raft_serverpb::{
+    self as pb, PeerState, RaftApplyState, RaftLocalState, RegionLocalState,
+};
+use crate::region::{RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM};
+
+/// Everything persisted about one region on this node.
+#[derive(Clone, Debug, Default)]
+pub struct PersistedRegion {
+    pub region_state: RegionLocalState,
+    pub raft_state: RaftLocalState,
+    pub apply_state: RaftApplyState,
+}
+
+impl PersistedRegion {
+    /// The state of a region bootstrapped on this node with every peer a voter.
+    pub fn bootstrap(region: Region) -> PersistedRegion {
+        let voters = region.peers.iter().map(|p| p.id).collect();
+        PersistedRegion {
+            region_state: RegionLocalState {
+                region: Some(region),
+                state: PeerState::Normal as i32,
+                conf_state: Some(pb::ConfState {
+                    voters,
+                    ..Default::default()
+                }),
+            },
+            raft_state: RaftLocalState {
+                term: RAFT_INIT_LOG_TERM,
+                vote: 0,
+                commit: RAFT_INIT_LOG_INDEX,
+                last_index: RAFT_INIT_LOG_INDEX,
+                last_term: RAFT_INIT_LOG_TERM,
+            },
+            apply_state: RaftApplyState {
+                applied_index: RAFT_INIT_LOG_INDEX,
+                applied_term: RAFT_INIT_LOG_TERM,
+                truncated_index: RAFT_INIT_LOG_INDEX,
+                truncated_term: RAFT_INIT_LOG_TERM,
+            },
+        }
+    }
+
+    /// Stages all three states into `batch`.
+    pub fn write_to(&self, engine: &Engine, batch: &mut WriteBatch) -> Result<()> {
+        let id = self.region_id();
+        batch.put_msg(
+            engine,
+            CF_META,
+            &keys::region_state_key(id),
+            &self.region_state,
+        )?;
+        batch.put_msg(engine, CF_META, &keys::raft_state_key(id), &self.raft_state)?;
+        batch.put_msg(
+            engine,
+            CF_META,
+            &keys::apply_state_key(id),
+            &self.apply_state,
+        )?;
+        Ok(())
+    }
+
+    pub fn region_id(&self) -> u64 {
+        self.region_state.region.as_ref().map_or(0, |r| r.id)
+    }
+
+    /// Loads every region stored on this node (tombstones included; the caller filters).
+    pub fn load_all(engine: &Engine) -> Result<Vec<PersistedRegion>> {
+        let (start, end) = keys::region_state_range();
+        let mut region_states = Vec::new();
+        engine.scan(CF_META, &start, &end, |_, value| {
+            let state = prost::Message::decode(value).map_err(|source| EngineError::Decode {
+                what: "RegionLocalState",
+                source,
+            })?;
+            region_states.push(state);
+            Ok(true)
+        })?;
+        let mut regions = Vec::with_capacity(region_states.len());
+        for region_state in region_states {
+            let region_state: RegionLocalState = region_state;
+            let id = region_state.region.as_ref().map_or(0, |r| r.id);
+            let raft_state = engine
+                .get_msg(CF_META, &keys::raft_state_key(id), "RaftLocalState")?
+                .ok_or_else(|| EngineError::Corruption(format!("region {id}: no raft state")))?;
+            let apply_state: RaftApplyState = engine
+                .get_msg(CF_META, &keys::apply_state_key(id), "RaftApplyState")?
+                .ok_or_else(|| EngineError::Corruption(format!("region {id}: no apply state")))?;
+            regions.push(PersistedRegion {
+                region_state,
+                raft_state,
+                apply_state,
+            });
+        }
+        Ok(regions)
+    }
+}
+
+/// Where an asynchronous snapshot generation stands.
+enum SnapshotGeneration {
+    Idle,
+    Running(mpsc::Receiver<Result<SnapshotFile>>),
+    Ready(SnapshotFile),
+}
+
+/// One region's raft storage.
+pub struct PeerStorage {
+    engine: Engine,
+    store_id: u64,
+    snap_dir: PathBuf,
+    pub region: Region,
+    raft_state: RaftLocalState,
+    apply_state: RaftApplyState,
+    conf_state: ConfState,
+    generation: RefCell<SnapshotGeneration>,
+}
+
+pub(super) fn conf_state_to_raft(cs: &pb::ConfState) -> ConfState {
+    let mut out = ConfState::default();
+    out.set_voters(cs.voters.clone());
+    out.set_learners(cs.learners.clone());
+    out.set_voters_outgoing(cs.voters_outgoing.clone());
+    out.set_learners_next(cs.learners_next.clone());
+    out.set_auto_leave(cs.auto_leave);
+    out
+}
+
+/// raft-rs ConfState in our persisted form.
+pub fn conf_state_from_raft(cs: &ConfState) -> pb::ConfState {
+    pb::ConfState {
+        voters: cs.get_voters().to_vec(),
+        learners: cs.get_learners().to_vec(),
+        voters_outgoing: cs.get_voters_outgoing().to_vec(),
+        learners_next: cs.get_learners_next().to_vec(),
+        auto_leave: cs.get_auto_leave(),
+    }
+}
+
+fn storage_error(err: EngineError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(err)))
+}
+
+impl PeerStorage {
+    pub fn new(
+        engine: Engine,
+        store_id: u64,
+        snap_dir: PathBuf,
+        persisted: PersistedRegion,
+    ) -> PeerStorage {
+        let mut raft_state = persisted.raft_state;
+        // Committed entries may be applied before the commit index that covers them is
+        // persisted (it rides in a later batch); applied entries are committed by definition.
+        raft_state.commit = raft_state.commit.max(persisted.apply_state.applied_index);
+        let conf_state = persisted
+            .region_state
+            .conf_state
+            .as_ref()
+            .map(conf_state_to_raft)
+            .unwrap_or_default();
+        PeerStorage {
+            engine,
+            store_id,
+            snap_dir,
+            region: persisted.region_state.region.unwrap_or_default(),
+            raft_state,
+            apply_state: persisted.apply_state,
+            conf_state,
+            generation: RefCell::new(SnapshotGeneration::Idle),
+        }
+    }
+
+    pub fn region_id(&self) -> u64 {
+        self.region.id
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.apply_state.applied_index
+    }
+
+    pub fn truncated_index(&self) -> u64 {
+        self.apply_state.truncated_index
+    }
+
+    pub fn last_log_index(&self) -> u64 {
+        self.raft_state.last_index
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raft_state.commit
+    }
+
+    pub fn apply_state(&self) -> &RaftApplyState {
+        &self.apply_state
+    }
+
+    pub fn raft_conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Stages new log entries (overwriting any conflicting suffix) into `batch`.
+    pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch) -> Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let region_id = self.region.id;
+        debug_assert!(first.index > self.apply_state.truncated_index);
+        for entry in entries {
+            let bytes = entry.write_to_bytes()?;
+            batch.put(
+                &self.engine,
+                CF_RAFT,
+                &keys::raft_log_key(region_id, entry.index),
+                &bytes,
+            )?;
+        }
+        // A new leader may have truncated our uncommitted tail: drop what lies beyond.
+        if last.index < self.raft_state.last_index {
+            batch.delete_range(
+                &self.engine,
+                CF_RAFT,
+                &keys::raft_log_key(region_id, last.index + 1),
+                &keys::raft_log_key(region_id, self.raft_state.last_index + 1),
+            )?;
+        }
+        self.raft_state.last_index = last.index;
+        self.raft_state.last_term = last.term;
+        Ok(())
+    }
+
+    pub fn set_hard_state(&mut self, hs: &HardState) {
+        self.raft_state.term = hs.term;
+        self.raft_state.vote = hs.vote;
+        self.raft_state.commit = hs.commit;
+    }
+
+    /// Records a commit index learned after persistence (LightReady); persisted lazily.
+    pub fn set_commit_index(&mut self, commit: u64) {
+        self.raft_state.commit = commit;
+    }
+
+    /// Stages the raft state (hard state + last position).
+    pub fn write_raft_state(&self, batch: &mut WriteBatch) -> Result<()> {
+        batch.put_msg(
+            &self.engine,
+            CF_META,
+            &keys::raft_state_key(self.region.id),
+            &self.raft_state,
+        )
+    }
+
+    /// Stages the apply state; goes in the same batch as the applied data.
+    pub fn set_applied(&mut self, index: u64, term: u64, batch: &mut WriteBatch) -> Result<()> {
+        self.apply_state.applied_index = index;
+        self.apply_state.applied_term = term;
+        batch.put_msg(
+            &self.engine,
+            CF_META,
+            &keys::apply_state_key(self.region.id),
+            &self.apply_state,
+        )
+    }
+
+    /// Stages a new conf state (after a conf change entry is applied).
+    pub fn set_conf_state(&mut self, conf_state: ConfState, batch: &mut WriteBatch) -> Result<()> {
+        self.conf_state = conf_state;
+        self.write_region_state(batch)
+    }
+
+    fn write_region_state(&self, batch: &mut WriteBatch) -> Result<()> {
+        let state = RegionLocalState {
+            region: Some(self.region.clone()),
+            state: PeerState::Normal as i32,
+            conf_state: Some(conf_state_from_raft(&self.conf_state)),
+        };
+        batch.put_msg(
+            &self.engine,
+            CF_META,
+            &keys::region_state_key(self.region.id),
+            &state,
+        )
+    }
+
+    /// Compacts the log up to and including `compact_index` (which must be applied).
+    pub fn compact_to(&mut self, compact_index: u64, batch: &mut WriteBatch) -> Result<()> {
+        let truncated = self.apply_state.truncated_index;
+        if compact_index <= truncated {
+            return Ok(());
+        }
+        assert!(
+            compact_index <= self.apply_state.applied_index,
+            "region {}: compacting past applied {compact_index} > {}",
+            self.region.id,
+            self.apply_state.applied_index
+        );
+        let term = raft::Storage::term(self, compact_index).map_err(|e| {
+            EngineError::Corruption(format!(
+                "region {}: term of {compact_index}: {e}",
+                self.region.id
+            ))
+        })?;
+        self.apply_state.truncated_index = compact_index;
+        self.apply_state.truncated_term = term;
+        // Truncated state first: whatever survives a crash, first_index never points at a
+        // deleted entry.
+        batch.put_msg(
+            &self.engine,
+            CF_META,
+            &keys::apply_state_key(self.region.id),
+            &self.apply_state,
+        )?;
+        batch.delete_range(
+            &self.engine,
+            CF_RAFT,
+            &keys::raft_log_key(self.region.id, truncated + 1),
+            &keys::raft_log_key(self.region.id, compact_index + 1),
+        )
+    }
+
+    /// Stages a received snapshot: the region's data range is replaced by the snapshot's,
+    /// the log is emptied, and applied = truncated = the snapshot's index — all in `batch`,
+    /// which the raftstore writes synced together with the hard state.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot, batch: &mut WriteBatch) -> Result<u64> {
+        let meta = snap.get_metadata();
+        let file = SnapshotFile::from_snapshot(snap, &self.snap_dir)?;
+        let region = file.meta.region.clone().unwrap_or_default();
+        let old_region = self.region.clone();
+        for r in [&old_region, &region] {
+            batch.delete_range(
+                &self.engine,
+                CF_DEFAULT,
+                &keys::data_range_start(r.start_hash),
+                &keys::data_range_end(r.end_hash),
+            )?;
+        }
+        let kv_count = file.load_into(&self.engine, batch)?;
+        batch.delete_range(
+            &self.engine,
+            CF_RAFT,
+            &keys::raft_log_key(self.region.id, 0),
+            &keys::raft_log_key(self.region.id, u64::MAX),
+        )?;
+        self.region = region;
+        self.conf_state = meta.get_conf_state().clone();
+        self.apply_state = RaftApplyState {
+            applied_index: meta.index,
+            applied_term: meta.term,
+            truncated_index: meta.index,
+            truncated_term: meta.term,
+        };
+        self.raft_state.last_index = meta.index;
+        self.raft_state.last_term = meta.term;
+        self.raft_state.commit = self.raft_state.commit.max(meta.index);
+        self.write_region_state(batch)?;
+        self.write_raft_state(batch)?;
+        batch.put_msg(
+            &self.engine,
+            CF_META,
+            &keys::apply_state_key(self.region.id),
+            &self.apply_state,
+        )?;
+        Ok(kv_count)
+    }
+
+    /// Removes the local snapshot file of an applied snapshot.
+    pub fn remove_snapshot_file(&self, snap: &Snapshot) {
+        if let Ok(file) = SnapshotFile::from_snapshot(snap, &self.snap_dir) {
+            file.remove();
+        }
+    }
+
+    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let start = keys::raft_log_key(self.region.id, low);
+        let end = keys::raft_log_key(self.region.id, high);
+        let mut expected = low;
+        let mut stopped_by_size = false;
+        self.engine.scan(CF_RAFT, &start, &end, |_, value| {
+            let entry = Entry::parse_from_bytes(value)?;
+            if entry.index != expected {
+                return Err(EngineError::Corruption(format!(
+                    "region {}: raft log gap, expected {expected}, found {}",
+                    self.region.id, entry.index
+                )));
+            }
+            expected += 1;
+            size += u64::from(entry.compute_size());
+            // raft-rs contract: at least one entry even if it alone exceeds max_size.
+            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                stopped_by_size = true;
+                return Ok(false);
+            }
+            entries.push(entry);
+            Ok(true)
+        })?;
+        if expected < high && !stopped_by_size {
+            return Err(EngineError::Corruption(format!(
+                "region {}: raft log entries [{low}, {high}) missing from {expected}",
+                self.region.id
+            )));
+        }
+        Ok(entries)
+    }
+}
+
+impl raft::Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let mut hard_state = HardState::default();
+        hard_state.term = self.raft_state.term;
+        hard_state.vote = self.raft_state.vote;
+        hard_state.commit = self.raft_state.commit;
+        Ok(RaftState::new(hard_state, self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.apply_state.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.raft_state.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        self.read_entries(low, high, max_size.into())
+            .map_err(storage_error)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let truncated = self.apply_state.truncated_index;
+        if idx == truncated {
+            return Ok(self.apply_state.truncated_term);
+        }
+        if idx < truncated {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.raft_state.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.raft_state.last_index {
+            return Ok(self.raft_state.last_term);
+        }
+        let entries = self
+            .read_entries(idx, idx + 1, None)
+            .map_err(storage_error)?;
+        Ok(entries[0].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.apply_state.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.raft_state.last_index)
+    }
+
+    /// Snapshots are generated off the poller thread: the first call starts a generation and
+    /// answers "temporarily unavailable"; raft asks again on the follower's next response.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut generation = self.generation.borrow_mut();
+        if let SnapshotGeneration::Running(rx) = &*generation {
+            match rx.try_recv() {
+                Ok(Ok(file)) => *generation = SnapshotGeneration::Ready(file),
+                Ok(Err(err)) => {
+                    tracing::warn!(region = self.region.id, %err, "snapshot generation failed");
+                    *generation = SnapshotGeneration::Idle;
+                }
+                Err(mpsc::TryRecvError::Empty) => {
+                    return Err(raft::Error::Store(
+                        StorageError::SnapshotTemporarilyUnavailable,
+                    ))
+                }
+                Err(mpsc::TryRecvError::Disconnected) => *generation = SnapshotGeneration::Idle,
+            }
+        }
+        if let SnapshotGeneration::Ready(file) = &*generation {
+            if file.index() >= request_index && file.exists() {
+                return Ok(file.snapshot.clone());
+            }
+            file.remove();
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let engine = self.engine.clone();
+        let region_id = self.region.id;
+        let store_id = self.store_id;
+        let snap_dir = self.snap_dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("snap-gen-{region_id}"))
+            .spawn(move || {
+                let result = snapshot::generate_snapshot(&engine, store_id, region_id, &snap_dir);
+                let _ = tx.send(result);
+            });
+        match spawned {
+            Ok(_) => *generation = SnapshotGeneration::Running(rx),
+            Err(err) => {
+                tracing::warn!(region = region_id, %err, "cannot spawn snapshot generation");
+                *generation = SnapshotGeneration::Idle;
+            }
+        }
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}

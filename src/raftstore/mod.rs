@@ -1,0 +1,230 @@
+//! The raftstore: every region's peer on this node, driven by a small batch system.
+//!
+//! * `router` — region id → poller mailbox; hash → local region.
+//! * `poller` — the batch loop (group commit across regions, batched apply).
+//! * `peer` — one region's raft node and its pending writes/reads.
+//! * `msg` — what goes into mailboxes and what comes back.
+//!
+//! This room uses `engine` for storage and sends raft messages through the `RaftSender`
+//! seam, which the transport implements; it never touches sockets itself.
+
+mod msg;
+mod peer;
+mod poller;
+mod router;
+
+pub use msg::{
+    done, epoch_not_match, get_result, not_leader, other_error, region_not_found, server_is_busy,
+    timeout, Command, PeerMsg, PeerStatus, RegionStatus, Reply,
+};
+pub use router::{Router, SendError};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::engine::{Engine, EngineError, PeerStorage, PersistedRegion};
+use crate::keys;
+use crate::proto::metapb::Region;
+use crate::proto::raft_serverpb::{PeerState, RaftMessage};
+
+/// Where a peer's outgoing raft messages go. Must not block (called from poller threads).
+pub trait RaftSender: Send + Sync + 'static {
+    fn send(&self, msg: RaftMessage);
+}
+
+/// Raftstore settings. Defaults suit a production LAN; tests shorten the tick.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub store_id: u64,
+    /// One raft logical clock tick.
+    pub raft_tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns (randomized up to 2x by raft).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// A peer compacts its log once it holds more than this many applied entries.
+    pub raft_log_gc_threshold: u64,
+    /// Poller threads; each owns the regions with `region_id % pollers == index`.
+    pub pollers: usize,
+    /// Messages each poller's mailbox holds before refusing more.
+    pub mailbox_capacity: usize,
+    /// Where snapshot files are generated and received.
+    pub snap_dir: PathBuf,
+}
+
+impl StoreConfig {
+    pub fn new(store_id: u64, snap_dir: PathBuf) -> StoreConfig {
+        StoreConfig {
+            store_id,
+            raft_tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            raft_log_gc_threshold: 1024,
+            pollers: 1,
+            mailbox_capacity: 65_536,
+            snap_dir,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("data directory belongs to store {found}, not {expected}")]
+    WrongStore { expected: u64, found: u64 },
+    #[error("starting peer: {0}")]
+    Peer(String),
+    #[error("snapshot directory {path}: {source}")]
+    SnapDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("spawning poller thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// A running raftstore.
+pub struct RaftStore {
+    pub router: Arc<Router>,
+    pub engine: Engine,
+    pollers: Vec<JoinHandle<()>>,
+}
+
+impl RaftStore {
+    /// Opens the store's regions (bootstrapping `initial_regions` when the engine has none)
+    /// and starts the pollers.
+    pub fn start(
+        cfg: StoreConfig,
+        engine: Engine,
+        initial_regions: Vec<Region>,
+        sender: Arc<dyn RaftSender>,
+    ) -> Result<RaftStore, StoreError> {
+        check_store_ident(&engine, cfg.store_id)?;
+        prepare_snap_dir(&cfg.snap_dir)?;
+        let mut persisted = PersistedRegion::load_all(&engine)?;
+        if persisted.is_empty() {
+            persisted = bootstrap(&engine, initial_regions)?;
+        }
+        let pollers = cfg.pollers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..pollers)
+            .map(|_| crossbeam_channel::bounded(cfg.mailbox_capacity))
+            .unzip();
+        let router = Arc::new(Router::new(senders));
+        let mut peers_by_poller: Vec<HashMap<u64, peer::PeerFsm>> =
+            (0..pollers).map(|_| HashMap::new()).collect();
+        for region in persisted {
+            if region.region_state.state == PeerState::Tombstone as i32 {
+                continue;
+            }
+            let storage =
+                PeerStorage::new(engine.clone(), cfg.store_id, cfg.snap_dir.clone(), region);
+            let fsm =
+                peer::PeerFsm::new(storage, engine.clone(), &cfg).map_err(StoreError::Peer)?;
+            let region = fsm.region().clone();
+            peers_by_poller[router.poller_of(region.id)].insert(region.id, fsm);
+            router.update_region(region);
+        }
+        let mut handles = Vec::with_capacity(pollers);
+        for (index, (peers, mailbox)) in peers_by_poller.into_iter().zip(receivers).enumerate() {
+            let poller = poller::Poller {
+                peers,
+                mailbox,
+                engine: engine.clone(),
+                sender: sender.clone(),
+                tick_interval: Duration::from_millis(cfg.raft_tick_ms),
+                store_id: cfg.store_id,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("raft-poller-{}-{index}", cfg.store_id))
+                .spawn(move || poller.run())
+                .map_err(StoreError::Spawn)?;
+            handles.push(handle);
+        }
+        Ok(RaftStore {
+            router,
+            engine,
+            pollers: handles,
+        })
+    }
+
+    /// Stops the pollers after their current round and waits for them.
+    pub fn shutdown(&mut self) {
+        self.router.shutdown();
+        for handle in self.pollers.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for RaftStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn check_store_ident(engine: &Engine, store_id: u64) -> Result<(), StoreError> {
+    match engine.get(crate::engine::CF_META, keys::STORE_IDENT_KEY)? {
+        Some(bytes) => {
+            let found = <[u8; 8]>::try_from(bytes.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| EngineError::Corruption("store ident".into()))?;
+            if found != store_id {
+                return Err(StoreError::WrongStore {
+                    expected: store_id,
+                    found,
+                });
+            }
+            Ok(())
+        }
+        None => {
+            let mut batch = engine.batch();
+            batch.put(
+                engine,
+                crate::engine::CF_META,
+                keys::STORE_IDENT_KEY,
+                &store_id.to_be_bytes(),
+            )?;
+            engine.write(batch, true)?;
+            Ok(())
+        }
+    }
+}
+
+/// Snapshot files left from before a restart are useless (senders regenerate, receivers
+/// get them again): start empty.
+fn prepare_snap_dir(dir: &std::path::Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::SnapDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    std::fs::create_dir_all(dir).map_err(io)
+}
+
+fn bootstrap(engine: &Engine, regions: Vec<Region>) -> Result<Vec<PersistedRegion>, StoreError> {
+    let mut batch = engine.batch();
+    let persisted: Vec<PersistedRegion> = regions
+        .into_iter()
+        .map(PersistedRegion::bootstrap)
+        .collect();
+    for region in &persisted {
+        region.write_to(engine, &mut batch)?;
+    }
+    engine.write(batch, true)?;
+    tracing::info!(regions = persisted.len(), "bootstrapped regions");
+    Ok(persisted)
+}
+
+/// Answers a command for a region this store does not have.
+pub(crate) fn reply_region_not_found(command: Command, region_id: u64) {
+    let reply = match command {
+        Command::Write { reply, .. } | Command::Read { reply, .. } => reply,
+    };
+    let _ = reply.send(region_not_found(region_id));
+}

@@ -1,0 +1,148 @@
+//! What flows into a peer's mailbox, and how answers flow back.
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::proto::kvpb::{self, KvResponse, RegionError};
+use crate::proto::metapb::{Peer, Region, RegionEpoch};
+use crate::proto::raft_serverpb::{RaftMessage, WriteOp};
+
+/// Where the answer to a client command goes. Dropping it unanswered makes the waiting
+/// request fail as "dropped", so every path either answers or drops.
+pub type Reply = oneshot::Sender<KvResponse>;
+
+/// A client command for one region.
+pub enum Command {
+    /// Replicate and apply `ops`; answered after apply.
+    Write {
+        request_id: u64,
+        epoch: Option<RegionEpoch>,
+        ops: Vec<WriteOp>,
+        reply: Reply,
+    },
+    /// Linearizable read of `key` through raft ReadIndex.
+    Read {
+        request_id: u64,
+        key: Bytes,
+        reply: Reply,
+    },
+}
+
+/// A message for one peer (one region on this store).
+pub enum PeerMsg {
+    /// A raft message from another store.
+    Raft(RaftMessage),
+    Command(Command),
+    /// The transport could not deliver to this peer: raft should probe it.
+    Unreachable {
+        to_peer_id: u64,
+    },
+    /// Outcome of streaming a snapshot to a peer.
+    SnapshotStatus {
+        to_peer_id: u64,
+        ok: bool,
+    },
+    /// A consistent view of the peer for `/status`.
+    Status(oneshot::Sender<RegionStatus>),
+}
+
+/// A region as seen by one of its peers, for status pages and tests.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegionStatus {
+    pub id: u64,
+    pub start_hash: u64,
+    pub end_hash: u64,
+    pub conf_ver: u64,
+    pub version: u64,
+    pub peer_id: u64,
+    pub peers: Vec<PeerStatus>,
+    pub role: String,
+    pub is_leader: bool,
+    pub leader_peer_id: u64,
+    pub leader_store_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub snapshots_applied: u64,
+    pub pending_writes: usize,
+    pub pending_reads: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerStatus {
+    pub id: u64,
+    pub store_id: u64,
+}
+
+/// Builders for the region errors a peer answers with.
+pub fn not_leader(region_id: u64, leader: Option<Peer>) -> KvResponse {
+    region_error(
+        format!("this peer of region {region_id} is not its leader"),
+        kvpb::region_error::Error::NotLeader(kvpb::NotLeader { region_id, leader }),
+    )
+}
+
+pub fn epoch_not_match(message: String, current: Region) -> KvResponse {
+    region_error(
+        message,
+        kvpb::region_error::Error::EpochNotMatch(kvpb::EpochNotMatch {
+            current_regions: vec![current],
+        }),
+    )
+}
+
+pub fn region_not_found(region_id: u64) -> KvResponse {
+    region_error(
+        format!("region {region_id} is not on this store"),
+        kvpb::region_error::Error::RegionNotFound(kvpb::RegionNotFound { region_id }),
+    )
+}
+
+pub fn server_is_busy(reason: &str, backoff_ms: u64) -> KvResponse {
+    region_error(
+        reason.to_string(),
+        kvpb::region_error::Error::ServerIsBusy(kvpb::ServerIsBusy {
+            reason: reason.to_string(),
+            backoff_ms,
+        }),
+    )
+}
+
+pub fn timeout(reason: String) -> KvResponse {
+    region_error(
+        reason.clone(),
+        kvpb::region_error::Error::Timeout(kvpb::Timeout { reason }),
+    )
+}
+
+fn region_error(message: String, error: kvpb::region_error::Error) -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::RegionError(RegionError {
+            message,
+            error: Some(error),
+        })),
+    }
+}
+
+pub fn done() -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::Done(true)),
+    }
+}
+
+pub fn get_result(value: Option<Vec<u8>>) -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::Get(kvpb::GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default().into(),
+        })),
+    }
+}
+
+pub fn other_error(message: String) -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::OtherError(message)),
+    }
+}

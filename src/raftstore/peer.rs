@@ -1,0 +1,667 @@
+//! One region's peer: a raft `RawNode` plus the bookkeeping that turns raft progress into
+//! answers — pending writes matched at apply by (index, term, request id), pending reads
+//! served once `applied >= read index`.
+//!
+//! The peer does no I/O of its own: the poller hands it write batches to stage into and an
+//! outbox for raft messages, then writes and sends for many peers at once.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMsg, MessageType, Snapshot,
+};
+use raft::{RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
+
+use super::msg::{self, Command, PeerStatus, RegionStatus, Reply};
+use super::StoreConfig;
+use crate::engine::{Engine, PeerStorage, Result as EngineResult, WriteBatch, CF_DEFAULT};
+use crate::keys;
+use crate::proto::kvpb::KvResponse;
+use crate::proto::metapb::{Peer, Region, RegionEpoch};
+use crate::proto::raft_serverpb::{RaftCmd, RaftMessage, WriteOp};
+use crate::region::{find_peer, find_peer_on_store, region_contains};
+
+/// Upper bound on reads waiting for one peer (beyond it clients get ServerIsBusy).
+const MAX_PENDING_READS: usize = 65_536;
+/// Upper bound on writes in flight for one peer.
+const MAX_PENDING_WRITES: usize = 65_536;
+
+struct PendingWrite {
+    index: u64,
+    term: u64,
+    request_id: u64,
+    reply: Reply,
+}
+
+struct PendingRead {
+    key: Bytes,
+    reply: Reply,
+}
+
+/// Reads that share one ReadIndex round trip (ReadIndex batching).
+struct ReadBatch {
+    id: u64,
+    read_index: Option<u64>,
+    reads: Vec<PendingRead>,
+}
+
+pub struct PeerFsm {
+    pub raw: RawNode<PeerStorage>,
+    pub peer: Peer,
+    engine: Engine,
+    pending_writes: VecDeque<PendingWrite>,
+    /// Reads received this round, not yet given to raft.
+    new_reads: Vec<PendingRead>,
+    read_batches: VecDeque<ReadBatch>,
+    next_read_batch_id: u64,
+    /// Committed entries handed out by raft and not yet applied.
+    committed: Vec<Entry>,
+    snapshots_applied: u64,
+    was_leader: bool,
+    gc_threshold: u64,
+}
+
+/// Forwards raft-rs's slog records to `tracing`, tagged with the region.
+struct TracingDrain {
+    region_id: u64,
+    peer_id: u64,
+}
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let (region, peer) = (self.region_id, self.peer_id);
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", region, peer, "{}", record.msg())
+            }
+            slog::Level::Warning => {
+                tracing::warn!(target: "raft", region, peer, "{}", record.msg())
+            }
+            slog::Level::Info => tracing::info!(target: "raft", region, peer, "{}", record.msg()),
+            _ => tracing::debug!(target: "raft", region, peer, "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+impl PeerFsm {
+    pub fn new(storage: PeerStorage, engine: Engine, cfg: &StoreConfig) -> Result<PeerFsm, String> {
+        let region = storage.region.clone();
+        let peer = find_peer_on_store(&region, cfg.store_id)
+            .cloned()
+            .ok_or_else(|| format!("region {} has no peer on store {}", region.id, cfg.store_id))?;
+        let raft_cfg = raft::Config {
+            id: peer.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: storage.applied_index(),
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(
+            slog::Fuse(TracingDrain {
+                region_id: region.id,
+                peer_id: peer.id,
+            }),
+            slog::o!(),
+        );
+        let raw = RawNode::new(&raft_cfg, storage, &logger)
+            .map_err(|e| format!("region {}: starting raft: {e}", region.id))?;
+        Ok(PeerFsm {
+            raw,
+            peer,
+            engine,
+            pending_writes: VecDeque::new(),
+            new_reads: Vec::new(),
+            read_batches: VecDeque::new(),
+            next_read_batch_id: 1,
+            committed: Vec::new(),
+            snapshots_applied: 0,
+            was_leader: false,
+            gc_threshold: cfg.raft_log_gc_threshold,
+        })
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.raw.store().region
+    }
+
+    pub fn region_id(&self) -> u64 {
+        self.raw.store().region_id()
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn leader_peer(&self) -> Option<Peer> {
+        let leader_id = self.raw.raft.leader_id;
+        (leader_id != raft::INVALID_ID)
+            .then(|| find_peer(self.region(), leader_id).cloned())
+            .flatten()
+    }
+
+    fn not_leader(&self) -> KvResponse {
+        msg::not_leader(self.region_id(), self.leader_peer())
+    }
+
+    /// A raft message from another store.
+    pub fn step(&mut self, message: RaftMessage) {
+        if message.to_peer.as_ref().map(|p| p.id) != Some(self.peer.id) {
+            tracing::debug!(
+                region = self.region_id(),
+                "raft message for another peer id dropped"
+            );
+            return;
+        }
+        let raft_msg = match RaftMsg::parse_from_bytes(&message.message) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(region = self.region_id(), %err, "undecodable raft message dropped");
+                return;
+            }
+        };
+        if let Err(err) = self.raw.step(raft_msg) {
+            tracing::debug!(region = self.region_id(), %err, "raft step");
+        }
+    }
+
+    pub fn report_unreachable(&mut self, to_peer_id: u64) {
+        self.raw.report_unreachable(to_peer_id);
+    }
+
+    pub fn report_snapshot(&mut self, to_peer_id: u64, ok: bool) {
+        let status = if ok {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to_peer_id, status);
+    }
+
+    pub fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Write {
+                request_id,
+                epoch,
+                ops,
+                reply,
+            } => self.propose_write(request_id, epoch, ops, reply),
+            Command::Read { key, reply, .. } => self.queue_read(key, reply),
+        }
+    }
+
+    fn check_epoch(&self, epoch: Option<&RegionEpoch>) -> Option<KvResponse> {
+        let current = self.region().epoch.clone().unwrap_or_default();
+        match epoch {
+            Some(e) if e.version != current.version => Some(msg::epoch_not_match(
+                format!(
+                    "region {} epoch version {} is stale (now {})",
+                    self.region_id(),
+                    e.version,
+                    current.version
+                ),
+                self.region().clone(),
+            )),
+            _ => None,
+        }
+    }
+
+    fn key_outside_region(&self, key: &[u8]) -> Option<KvResponse> {
+        (!region_contains(self.region(), keys::key_hash(key))).then(|| {
+            msg::epoch_not_match(
+                format!("key is not in region {}", self.region_id()),
+                self.region().clone(),
+            )
+        })
+    }
+
+    fn propose_write(
+        &mut self,
+        request_id: u64,
+        epoch: Option<RegionEpoch>,
+        ops: Vec<WriteOp>,
+        reply: Reply,
+    ) {
+        if !self.is_leader() {
+            let _ = reply.send(self.not_leader());
+            return;
+        }
+        if let Some(err) = self.check_epoch(epoch.as_ref()) {
+            let _ = reply.send(err);
+            return;
+        }
+        if let Some(err) = ops.iter().find_map(|op| self.key_outside_region(&op.key)) {
+            let _ = reply.send(err);
+            return;
+        }
+        if self.pending_writes.len() >= MAX_PENDING_WRITES {
+            let _ = reply.send(msg::server_is_busy("too many writes in flight", 50));
+            return;
+        }
+        let cmd = RaftCmd {
+            request_id,
+            region_id: self.region_id(),
+            epoch: self.region().epoch.clone(),
+            ops,
+        };
+        if let Err(err) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
+            tracing::debug!(region = self.region_id(), %err, "proposal dropped");
+            let _ = reply.send(msg::server_is_busy(&format!("proposal dropped: {err}"), 50));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        debug_assert!(self.pending_writes.back().is_none_or(|w| w.index < index));
+        self.pending_writes.push_back(PendingWrite {
+            index,
+            term,
+            request_id,
+            reply,
+        });
+    }
+
+    fn queue_read(&mut self, key: Bytes, reply: Reply) {
+        if !self.is_leader() {
+            let _ = reply.send(self.not_leader());
+            return;
+        }
+        if let Some(err) = self.key_outside_region(&key) {
+            let _ = reply.send(err);
+            return;
+        }
+        let waiting: usize = self.read_batches.iter().map(|b| b.reads.len()).sum();
+        if waiting + self.new_reads.len() >= MAX_PENDING_READS {
+            let _ = reply.send(msg::server_is_busy("too many reads in flight", 50));
+            return;
+        }
+        self.new_reads.push(PendingRead { key, reply });
+    }
+
+    /// Gives this round's reads to raft as one ReadIndex request. raft-rs silently ignores
+    /// ReadIndex on a leader that has not yet committed an entry of its term, so such reads
+    /// wait here until it has.
+    pub fn flush_reads(&mut self) {
+        if self.new_reads.is_empty() {
+            return;
+        }
+        if !self.is_leader() {
+            let response = self.not_leader();
+            for read in self.new_reads.drain(..) {
+                let _ = read.reply.send(response.clone());
+            }
+            return;
+        }
+        if !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        let id = self.next_read_batch_id;
+        self.next_read_batch_id += 1;
+        self.raw.read_index(id.to_be_bytes().to_vec());
+        self.read_batches.push_back(ReadBatch {
+            id,
+            read_index: None,
+            reads: std::mem::take(&mut self.new_reads),
+        });
+    }
+
+    /// Answers every read whose read index has been applied.
+    pub fn serve_reads(&mut self) {
+        let applied = self.raw.store().applied_index();
+        while let Some(batch) = self.read_batches.front() {
+            match batch.read_index {
+                Some(index) if index <= applied => {}
+                _ => break,
+            }
+            let Some(batch) = self.read_batches.pop_front() else {
+                break;
+            };
+            for read in batch.reads {
+                let response = match self.engine.get_user_value(&read.key) {
+                    Ok(value) => msg::get_result(value),
+                    Err(err) => msg::other_error(format!("read failed: {err}")),
+                };
+                let _ = read.reply.send(response);
+            }
+        }
+    }
+
+    /// After losing leadership, reads waiting here can never be confirmed by this peer:
+    /// answer them NotLeader so the client retries at the new leader.
+    fn on_role_change(&mut self) {
+        let leader = self.is_leader();
+        if self.was_leader && !leader {
+            let response = self.not_leader();
+            for batch in self.read_batches.drain(..) {
+                for read in batch.reads {
+                    let _ = read.reply.send(response.clone());
+                }
+            }
+            for read in self.new_reads.drain(..) {
+                let _ = read.reply.send(response.clone());
+            }
+        }
+        if leader && !self.was_leader {
+            tracing::info!(
+                region = self.region_id(),
+                term = self.raw.raft.term,
+                "became leader"
+            );
+            metrics::counter!("ringkv_raft_leader_elected_total").increment(1);
+        }
+        self.was_leader = leader;
+    }
+
+    /// Phase 1 of a round: stage what the Ready asks to persist into `raft_batch`, send the
+    /// messages that may go before persistence (a leader's appends), keep committed entries.
+    pub fn handle_ready_persist(
+        &mut self,
+        ready: &mut Ready,
+        raft_batch: &mut WriteBatch,
+        outbox: &mut Vec<RaftMessage>,
+    ) -> EngineResult<Option<Snapshot>> {
+        let messages = ready.take_messages();
+        self.wrap_messages(messages, outbox);
+        if ready.ss().is_some() {
+            self.on_role_change();
+        }
+        for state in ready.take_read_states() {
+            self.on_read_state(&state.request_ctx, state.index);
+        }
+        let mut dirty = false;
+        let mut applied_snapshot = None;
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            let kv_count = self.raw.mut_store().apply_snapshot(&snapshot, raft_batch)?;
+            tracing::info!(
+                region = self.region_id(),
+                index = snapshot.get_metadata().index,
+                kv_count,
+                "applying snapshot"
+            );
+            applied_snapshot = Some(snapshot);
+            dirty = true;
+        }
+        let committed = ready.take_committed_entries();
+        self.committed.extend(committed);
+        if !ready.entries().is_empty() {
+            self.raw.mut_store().append(ready.entries(), raft_batch)?;
+            dirty = true;
+        }
+        if let Some(hs) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hs);
+            dirty = true;
+        }
+        if dirty {
+            self.raw.store().write_raft_state(raft_batch)?;
+        }
+        Ok(applied_snapshot)
+    }
+
+    /// Phase 2, after the raft batch is durable: send the rest of the messages, advance raft,
+    /// and stage every committed entry into `apply_batch`.
+    pub fn handle_ready_apply(
+        &mut self,
+        mut ready: Ready,
+        applied_snapshot: Option<Snapshot>,
+        outbox: &mut Vec<RaftMessage>,
+        apply_batch: &mut WriteBatch,
+        replies: &mut Vec<(Reply, KvResponse)>,
+    ) -> EngineResult<()> {
+        if let Some(snapshot) = applied_snapshot {
+            self.raw.store().remove_snapshot_file(&snapshot);
+            self.snapshots_applied += 1;
+            metrics::counter!("ringkv_raft_snapshots_applied_total").increment(1);
+        }
+        let persisted = ready.take_persisted_messages();
+        self.wrap_messages(persisted, outbox);
+        let mut light = self.raw.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit_index(commit);
+        }
+        let messages = light.take_messages();
+        self.wrap_messages(messages, outbox);
+        self.committed.extend(light.take_committed_entries());
+        self.apply_committed(apply_batch, replies)
+    }
+
+    /// Phase 3, after the apply batch is written: tell raft, serve reads, collect garbage.
+    pub fn after_apply(&mut self, gc_batch: &mut WriteBatch) -> EngineResult<()> {
+        let applied = self.raw.store().applied_index();
+        self.raw.advance_apply_to(applied);
+        self.serve_reads();
+        let truncated = self.raw.store().truncated_index();
+        if applied.saturating_sub(truncated) <= self.gc_threshold {
+            return Ok(());
+        }
+        let mut compact_index = applied;
+        if self.is_leader() {
+            // Keep what a slightly lagging follower still needs; one further behind than
+            // the threshold is cheaper to catch up by snapshot than to hold the log for.
+            let self_id = self.peer.id;
+            let min_matched = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != self_id)
+                .map(|(_, progress)| progress.matched)
+                .min();
+            if let Some(matched) = min_matched {
+                if applied.saturating_sub(matched) <= self.gc_threshold {
+                    compact_index = matched.min(applied);
+                }
+            }
+        }
+        if compact_index > truncated {
+            self.raw.mut_store().compact_to(compact_index, gc_batch)?;
+        }
+        Ok(())
+    }
+
+    fn on_read_state(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
+        let id = u64::from_be_bytes(bytes);
+        if let Some(batch) = self.read_batches.iter_mut().find(|b| b.id == id) {
+            batch.read_index = Some(index);
+        }
+    }
+
+    fn wrap_messages(&self, messages: Vec<RaftMsg>, outbox: &mut Vec<RaftMessage>) {
+        let region = self.region();
+        for message in messages {
+            let Some(to_peer) = find_peer(region, message.to).cloned() else {
+                tracing::debug!(
+                    region = region.id,
+                    to = message.to,
+                    "message to unknown peer dropped"
+                );
+                continue;
+            };
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                tracing::info!(region = region.id, to = message.to, "sending snapshot");
+            }
+            let bytes = match message.write_to_bytes() {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    tracing::error!(region = region.id, %err, "cannot encode raft message");
+                    continue;
+                }
+            };
+            outbox.push(RaftMessage {
+                region_id: region.id,
+                from_peer: Some(self.peer.clone()),
+                to_peer: Some(to_peer),
+                region_epoch: region.epoch.clone(),
+                message: bytes.into(),
+            });
+        }
+    }
+
+    fn apply_committed(
+        &mut self,
+        batch: &mut WriteBatch,
+        replies: &mut Vec<(Reply, KvResponse)>,
+    ) -> EngineResult<()> {
+        let committed = std::mem::take(&mut self.committed);
+        let Some(last) = committed.last() else {
+            return Ok(());
+        };
+        let (last_index, last_term) = (last.index, last.term);
+        for entry in &committed {
+            if entry.index <= self.raw.store().applied_index() {
+                continue; // already applied (e.g. covered by a snapshot)
+            }
+            let response = match entry.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(entry, batch)?,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(entry, batch)?;
+                    msg::done()
+                }
+            };
+            self.finish_write(entry, response, replies);
+        }
+        if last_index > self.raw.store().applied_index() {
+            self.raw
+                .mut_store()
+                .set_applied(last_index, last_term, batch)?;
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, entry: &Entry, batch: &mut WriteBatch) -> EngineResult<KvResponse> {
+        if entry.data.is_empty() {
+            return Ok(msg::done()); // a new leader's no-op
+        }
+        let cmd = match RaftCmd::decode(entry.get_data()) {
+            Ok(cmd) => cmd,
+            Err(err) => {
+                // Every replica decodes the same bytes, so every replica skips it alike.
+                tracing::error!(region = self.region_id(), index = entry.index, %err, "undecodable command skipped");
+                return Ok(msg::other_error(format!("undecodable command: {err}")));
+            }
+        };
+        if let Some(err) = self.check_epoch(cmd.epoch.as_ref()) {
+            return Ok(err);
+        }
+        let region = self.region().clone();
+        if cmd
+            .ops
+            .iter()
+            .any(|op| !region_contains(&region, keys::key_hash(&op.key)))
+        {
+            return Ok(msg::epoch_not_match(
+                format!("key is not in region {}", region.id),
+                region,
+            ));
+        }
+        for op in &cmd.ops {
+            let key = keys::data_key(&op.key);
+            if op.delete {
+                batch.delete(&self.engine, CF_DEFAULT, &key)?;
+            } else {
+                batch.put(&self.engine, CF_DEFAULT, &key, &op.value)?;
+            }
+        }
+        Ok(msg::done())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, batch: &mut WriteBatch) -> EngineResult<()> {
+        let applied = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(entry.get_data())
+                .map_err(Into::into)
+                .map(|cc| self.raw.apply_conf_change(&cc))
+        } else {
+            ConfChange::parse_from_bytes(entry.get_data())
+                .map_err(Into::into)
+                .map(|cc| self.raw.apply_conf_change(&cc))
+        };
+        match applied {
+            Ok(Ok(conf_state)) => self.raw.mut_store().set_conf_state(conf_state, batch),
+            Ok(Err(err)) => {
+                tracing::warn!(region = self.region_id(), %err, "conf change rejected by raft");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Answers the pending write proposed at `entry`'s position, and any older pending write
+    /// whose entry was overwritten by another leader's log (it will never apply).
+    fn finish_write(
+        &mut self,
+        entry: &Entry,
+        response: KvResponse,
+        replies: &mut Vec<(Reply, KvResponse)>,
+    ) {
+        while let Some(front) = self.pending_writes.front() {
+            if front.index > entry.index {
+                return;
+            }
+            let Some(pending) = self.pending_writes.pop_front() else {
+                return;
+            };
+            let same_entry = pending.index == entry.index && pending.term == entry.term;
+            let same_request = same_entry
+                && RaftCmd::decode(entry.get_data())
+                    .is_ok_and(|c| c.request_id == pending.request_id);
+            if same_request {
+                replies.push((pending.reply, response));
+                return;
+            }
+            let stale = msg::not_leader(self.region_id(), self.leader_peer());
+            replies.push((pending.reply, stale));
+        }
+    }
+
+    pub fn status(&self) -> RegionStatus {
+        let region = self.region();
+        let store = self.raw.store();
+        let epoch = region.epoch.clone().unwrap_or_default();
+        let leader = self.leader_peer();
+        RegionStatus {
+            id: region.id,
+            start_hash: region.start_hash,
+            end_hash: region.end_hash,
+            conf_ver: epoch.conf_ver,
+            version: epoch.version,
+            peer_id: self.peer.id,
+            peers: region
+                .peers
+                .iter()
+                .map(|p| PeerStatus {
+                    id: p.id,
+                    store_id: p.store_id,
+                })
+                .collect(),
+            role: format!("{:?}", self.raw.raft.state),
+            is_leader: self.is_leader(),
+            leader_peer_id: leader.as_ref().map_or(0, |p| p.id),
+            leader_store_id: leader.as_ref().map_or(0, |p| p.store_id),
+            term: self.raw.raft.term,
+            commit_index: self.raw.raft.raft_log.committed,
+            applied_index: store.applied_index(),
+            first_index: store.first_index().unwrap_or(0),
+            last_index: store.last_log_index(),
+            snapshots_applied: self.snapshots_applied,
+            pending_writes: self.pending_writes.len(),
+            pending_reads: self
+                .read_batches
+                .iter()
+                .map(|b| b.reads.len())
+                .sum::<usize>()
+                + self.new_reads.len(),
+        }
+    }
+}

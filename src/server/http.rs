@@ -1,0 +1,343 @@
+//! The HTTP API (raftexample's, done properly):
+//!
+//! | request | success | notes |
+//! |---|---|---|
+//! | `PUT /kv/{key}` body=value | 204 | after commit by a quorum and apply |
+//! | `GET /kv/{key}` | 200 + value, 404 | linearizable (ReadIndex); `?consistency=stale` reads the local replica |
+//! | `DELETE /kv/{key}` | 204 | |
+//! | `GET /health` | 200 | |
+//! | `GET /status` | 200 JSON | store id, regions, leaders, raft positions |
+//! | `GET /metrics` | 200 | Prometheus text |
+//!
+//! Keys are the percent-decoded bytes of the path after `/kv/`. Every error has the body
+//! `{"error":{"code":"...","message":"..."}}`; the mapping from errors to status codes lives
+//! in `error_response` and nowhere else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::kv::KvService;
+use crate::proto::kvpb::{
+    kv_request, kv_response, region_error, Consistency, DeleteRequest, GetRequest, KvRequest,
+    KvResponse, PutRequest,
+};
+use crate::raftstore::{PeerMsg, RegionStatus};
+
+/// Size limits on client input.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub kv: Arc<KvService>,
+    pub limits: Limits,
+    pub store_id: u64,
+    pub raft_addr: String,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+pub fn router(state: HttpState) -> axum::Router {
+    axum::Router::new()
+        .route("/kv", any(kv_handler))
+        .route("/kv/", any(kv_handler))
+        .route("/kv/{*key}", any(kv_handler))
+        .route(
+            "/health",
+            get(|| async { Json200(json!({"status": "ok"})) }),
+        )
+        .route("/status", get(status_handler))
+        .route("/metrics", get(metrics_handler))
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see /kv/{key}, /status, /health, /metrics",
+            )
+        })
+        .with_state(state)
+}
+
+struct Json200(serde_json::Value);
+
+impl IntoResponse for Json200 {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.0.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// The one place errors become HTTP status codes.
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message}}).to_string();
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+    }
+    response
+}
+
+fn kv_response_to_http(response: KvResponse) -> Response {
+    match response.result {
+        Some(kv_response::Result::Done(_)) => StatusCode::NO_CONTENT.into_response(),
+        Some(kv_response::Result::Get(get)) if get.found => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Body::from(get.value),
+        )
+            .into_response(),
+        Some(kv_response::Result::Get(_)) => error_response(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            "the key does not exist",
+        ),
+        Some(kv_response::Result::RegionError(err)) => {
+            let code = match err.error {
+                Some(region_error::Error::NotLeader(_)) => "no_leader",
+                Some(region_error::Error::EpochNotMatch(_)) => "epoch_not_match",
+                Some(region_error::Error::RegionNotFound(_)) => "region_not_found",
+                Some(region_error::Error::ServerIsBusy(_)) => "server_is_busy",
+                Some(region_error::Error::Timeout(_)) => "timeout",
+                None => "unavailable",
+            };
+            error_response(StatusCode::SERVICE_UNAVAILABLE, code, &err.message)
+        }
+        Some(kv_response::Result::OtherError(message)) => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &message)
+        }
+        None => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "empty response",
+        ),
+    }
+}
+
+/// Strict percent-decoding: `%` must be followed by two hex digits.
+pub fn percent_decode_strict(input: &str) -> Option<Vec<u8>> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn consistency_of(query: Option<&str>) -> Result<Consistency, Response> {
+    let Some(query) = query else {
+        return Ok(Consistency::Linearizable);
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (name, value) {
+            ("consistency", "linearizable") => return Ok(Consistency::Linearizable),
+            ("consistency", "stale") => return Ok(Consistency::Stale),
+            ("consistency", other) => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    &format!("consistency must be linearizable or stale, not {other:?}"),
+                ))
+            }
+            _ => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    &format!("unknown query parameter {name:?}"),
+                ))
+            }
+        }
+    }
+    Ok(Consistency::Linearizable)
+}
+
+async fn kv_handler(
+    State(state): State<HttpState>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    let started = std::time::Instant::now();
+    let op = match method {
+        Method::GET => "get",
+        Method::PUT => "put",
+        Method::DELETE => "delete",
+        _ => {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{method} is not supported on /kv; use GET, PUT or DELETE"),
+            )
+        }
+    };
+    let response = match build_request(&state, &method, &uri, query.as_deref(), body).await {
+        Ok(request) => kv_response_to_http(state.kv.execute(request).await),
+        Err(response) => response,
+    };
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("ringkv_http_requests_total", "op" => op, "status" => status).increment(1);
+    metrics::histogram!("ringkv_http_request_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn build_request(
+    state: &HttpState,
+    method: &Method,
+    uri: &Uri,
+    query: Option<&str>,
+    body: Body,
+) -> Result<KvRequest, Response> {
+    let raw_key = uri.path().strip_prefix("/kv").unwrap_or("");
+    let raw_key = raw_key.strip_prefix('/').unwrap_or(raw_key);
+    let key = percent_decode_strict(raw_key).ok_or_else(|| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_key_encoding",
+            "the key is not valid percent-encoding (% must be followed by two hex digits)",
+        )
+    })?;
+    if key.is_empty() {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "empty_key",
+            "the key must not be empty: use /kv/{key}",
+        ));
+    }
+    if key.len() > state.limits.max_key_bytes {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "key_too_large",
+            &format!(
+                "the key has {} bytes; the limit is {}",
+                key.len(),
+                state.limits.max_key_bytes
+            ),
+        ));
+    }
+    let op = match *method {
+        Method::GET => kv_request::Op::Get(GetRequest {
+            key: key.into(),
+            consistency: consistency_of(query)? as i32,
+        }),
+        Method::PUT => {
+            let limit = state.limits.max_value_bytes;
+            let value = axum::body::to_bytes(body, limit).await.map_err(|_| {
+                error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "value_too_large",
+                    &format!("the value exceeds the limit of {limit} bytes"),
+                )
+            })?;
+            kv_request::Op::Put(PutRequest {
+                key: key.into(),
+                value: Bytes::from(value),
+            })
+        }
+        _ => kv_request::Op::Delete(DeleteRequest { key: key.into() }),
+    };
+    Ok(KvRequest { op: Some(op) })
+}
+
+async fn status_handler(State(state): State<HttpState>) -> Response {
+    let regions = collect_region_status(&state.kv, Duration::from_secs(2)).await;
+    Json200(json!({
+        "store_id": state.store_id,
+        "raft_addr": state.raft_addr,
+        "regions": regions,
+    }))
+    .into_response()
+}
+
+/// Asks every local peer for its status; a peer that does not answer in time is omitted.
+pub async fn collect_region_status(kv: &KvService, timeout: Duration) -> Vec<RegionStatus> {
+    let mut waiting = Vec::new();
+    for region in kv.router().regions() {
+        let (tx, rx) = oneshot::channel();
+        if kv.router().send(region.id, PeerMsg::Status(tx)).is_ok() {
+            waiting.push(rx);
+        }
+    }
+    let mut statuses = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        if let Ok(Ok(status)) = tokio::time::timeout(timeout, rx).await {
+            statuses.push(status);
+        }
+    }
+    statuses
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode_strict("a%2Fb"), Some(b"a/b".to_vec()));
+        assert_eq!(percent_decode_strict("%00%ff"), Some(vec![0, 255]));
+        assert_eq!(percent_decode_strict("plain"), Some(b"plain".to_vec()));
+        assert_eq!(percent_decode_strict("a%zz"), None);
+        assert_eq!(percent_decode_strict("%4"), None);
+        assert_eq!(percent_decode_strict("%"), None);
+        assert_eq!(percent_decode_strict("%+1"), None);
+    }
+}

@@ -1,0 +1,264 @@
+//! A ringkv node: the raftstore, the QUIC transport and the client-facing HTTP server,
+//! wired together. This is the top of the dependency stack; nothing below imports it.
+
+mod http;
+mod kv;
+
+pub use http::{collect_region_status, percent_decode_strict, Limits};
+pub use kv::KvService;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+
+use crate::engine::Engine;
+use crate::proto::raft_serverpb::RaftMessage;
+use crate::raftstore::{PeerMsg, RaftSender, RaftStore, Router, StoreConfig};
+use crate::region::static_bootstrap_regions;
+use crate::transport::{tls::TlsMaterial, RaftInbox, Transport, TransportConfig};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub store_id: u64,
+    /// Raft (QUIC) addresses of every store, store `i + 1` at index `i`.
+    pub cluster: Vec<SocketAddr>,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub initial_regions: u64,
+    pub raft_tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub raft_log_gc_threshold: u64,
+    pub pollers: usize,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn raft_addr(&self) -> Option<SocketAddr> {
+        let index = usize::try_from(self.store_id.checked_sub(1)?).ok()?;
+        self.cluster.get(index).copied()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("store id {0} has no address in --cluster (ids are 1-based positions in the list)")]
+    NoRaftAddr(u64),
+    #[error("opening the engine in {path}: {source}")]
+    Engine {
+        path: String,
+        source: crate::engine::EngineError,
+    },
+    #[error("starting the raftstore: {0}")]
+    Store(#[from] crate::raftstore::StoreError),
+    #[error("starting the transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("binding HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("creating {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Delivers the transport's incoming messages to the router once the store has started
+/// (the transport must exist first, because the store sends through it).
+#[derive(Default)]
+struct RouterInbox(OnceLock<Arc<Router>>);
+
+impl RaftInbox for RouterInbox {
+    fn deliver(&self, msg: RaftMessage) {
+        if let Some(router) = self.0.get() {
+            router.deliver_raft(msg);
+        }
+    }
+
+    fn report_unreachable(&self, region_id: u64, to_peer_id: u64) {
+        if let Some(router) = self.0.get() {
+            let _ = router.send(region_id, PeerMsg::Unreachable { to_peer_id });
+        }
+    }
+
+    fn report_snapshot(&self, region_id: u64, to_peer_id: u64, ok: bool) {
+        if let Some(router) = self.0.get() {
+            let _ = router.send(region_id, PeerMsg::SnapshotStatus { to_peer_id, ok });
+        }
+    }
+}
+
+struct TransportSender(Transport);
+
+impl RaftSender for TransportSender {
+    fn send(&self, msg: RaftMessage) {
+        self.0.send(msg);
+    }
+}
+
+/// Forwarded requests arrive before the KV service exists; they wait for it.
+#[derive(Default)]
+struct LateForwardHandler(OnceLock<kv::ForwardedRequests>);
+
+impl crate::transport::ForwardHandler for LateForwardHandler {
+    fn handle(
+        &self,
+        req: crate::proto::raft_serverpb::ForwardRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = crate::proto::raft_serverpb::ForwardResponse> + Send>,
+    > {
+        match self.0.get() {
+            Some(handler) => handler.handle(req),
+            None => Box::pin(async {
+                crate::proto::raft_serverpb::ForwardResponse {
+                    response: Some(crate::raftstore::server_is_busy("node is starting", 100)),
+                }
+            }),
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; every node in the process shares it).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|err| tracing::warn!(%err, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+/// A running node.
+pub struct Node {
+    pub store_id: u64,
+    pub http_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    store: RaftStore,
+    transport: Transport,
+    http: JoinHandle<()>,
+    http_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Node {
+    pub async fn start(cfg: NodeConfig, tls: TlsMaterial) -> Result<Node, NodeError> {
+        let raft_addr = cfg.raft_addr().ok_or(NodeError::NoRaftAddr(cfg.store_id))?;
+        let data_dir_error = |source| NodeError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(data_dir_error)?;
+        let db_path = cfg.data_dir.join("db");
+        let engine = Engine::open(&db_path).map_err(|source| NodeError::Engine {
+            path: db_path.display().to_string(),
+            source,
+        })?;
+        let snap_dir = cfg.data_dir.join("snap");
+
+        let inbox = Arc::new(RouterInbox::default());
+        let forward = Arc::new(LateForwardHandler::default());
+        let store_addrs = cfg
+            .cluster
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| (i as u64 + 1, *addr))
+            .collect();
+        let transport = Transport::start(
+            TransportConfig {
+                store_id: cfg.store_id,
+                listen_addr: raft_addr,
+                store_addrs,
+                tls,
+                snap_dir: snap_dir.clone(),
+                queue_capacity: 8192,
+            },
+            inbox.clone(),
+            forward.clone(),
+        )
+        .await?;
+
+        let mut store_cfg = StoreConfig::new(cfg.store_id, snap_dir);
+        store_cfg.raft_tick_ms = cfg.raft_tick_ms;
+        store_cfg.election_ticks = cfg.election_ticks;
+        store_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+        store_cfg.raft_log_gc_threshold = cfg.raft_log_gc_threshold;
+        store_cfg.pollers = cfg.pollers;
+        let store_ids: Vec<u64> = (1..=cfg.cluster.len() as u64).collect();
+        let initial = static_bootstrap_regions(cfg.initial_regions.max(1), &store_ids);
+        let sender = Arc::new(TransportSender(transport.clone()));
+        let store = RaftStore::start(store_cfg, engine.clone(), initial, sender)?;
+        let _ = inbox.0.set(store.router.clone());
+
+        let kv = Arc::new(KvService::new(
+            cfg.store_id,
+            store.router.clone(),
+            engine,
+            cfg.request_timeout,
+        ));
+        kv.set_transport(transport.clone());
+        let _ = forward.0.set(kv::ForwardedRequests(kv.clone()));
+
+        let state = http::HttpState {
+            kv,
+            limits: cfg.limits,
+            store_id: cfg.store_id,
+            raft_addr: raft_addr.to_string(),
+            metrics: metrics_handle(),
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(|source| NodeError::Http {
+                addr: cfg.http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| NodeError::Http {
+            addr: cfg.http_addr,
+            source,
+        })?;
+        let (http_shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = http::router(state);
+        let http = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+            });
+            if let Err(err) = serve.await {
+                tracing::error!(%err, "HTTP server stopped");
+            }
+        });
+        tracing::info!(store = cfg.store_id, %http_addr, %raft_addr, "node started");
+        Ok(Node {
+            store_id: cfg.store_id,
+            http_addr,
+            raft_addr,
+            store,
+            transport,
+            http,
+            http_shutdown: Some(http_shutdown),
+        })
+    }
+
+    /// Stops serving clients, then the raftstore (its pollers finish their round), then the
+    /// transport.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.http_shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.http).await;
+        let mut store = self.store;
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .ok();
+        self.transport.shutdown().await;
+        tracing::info!(store = self.store_id, "node stopped");
+    }
+}
