@@ -37,10 +37,12 @@ fn log_append(c: &mut Criterion) {
                     let mut batch = engine.batch();
                     for i in 0..entries_per_batch {
                         index += 1;
-                        let mut entry = Entry::default();
-                        entry.index = index;
-                        entry.term = 1;
-                        entry.data = value.clone().into();
+                        let entry = Entry {
+                            index,
+                            term: 1,
+                            data: value.clone().into(),
+                            ..Default::default()
+                        };
                         let bytes = entry.write_to_bytes().expect("encode");
                         let key = keys::raft_log_key(i % regions + 1, index);
                         batch.put(&engine, CF_RAFT, &key, &bytes).expect("stage");

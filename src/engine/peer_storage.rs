@@ -425,10 +425,12 @@ impl PeerStorage {
 
 impl raft::Storage for PeerStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        let mut hard_state = HardState::default();
-        hard_state.term = self.raft_state.term;
-        hard_state.vote = self.raft_state.vote;
-        hard_state.commit = self.raft_state.commit;
+        let hard_state = HardState {
+            term: self.raft_state.term,
+            vote: self.raft_state.vote,
+            commit: self.raft_state.commit,
+            ..Default::default()
+        };
         Ok(RaftState::new(hard_state, self.conf_state.clone()))
     }
 

@@ -201,7 +201,7 @@ impl PeerFsm {
     }
 
     fn check_epoch(&self, epoch: Option<&RegionEpoch>) -> Option<KvResponse> {
-        let current = self.region().epoch.clone().unwrap_or_default();
+        let current = self.region().epoch.unwrap_or_default();
         match epoch {
             Some(e) if e.version != current.version => Some(msg::epoch_not_match(
                 format!(
@@ -251,7 +251,7 @@ impl PeerFsm {
         let cmd = RaftCmd {
             request_id,
             region_id: self.region_id(),
-            epoch: self.region().epoch.clone(),
+            epoch: self.region().epoch,
             ops,
         };
         if let Err(err) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
@@ -501,9 +501,9 @@ impl PeerFsm {
             };
             outbox.push(RaftMessage {
                 region_id: region.id,
-                from_peer: Some(self.peer.clone()),
+                from_peer: Some(self.peer),
                 to_peer: Some(to_peer),
-                region_epoch: region.epoch.clone(),
+                region_epoch: region.epoch,
                 message: bytes.into(),
             });
         }
@@ -628,7 +628,7 @@ impl PeerFsm {
     pub fn status(&self) -> RegionStatus {
         let region = self.region();
         let store = self.raw.store();
-        let epoch = region.epoch.clone().unwrap_or_default();
+        let epoch = region.epoch.unwrap_or_default();
         let leader = self.leader_peer();
         RegionStatus {
             id: region.id,

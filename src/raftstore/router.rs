@@ -82,6 +82,8 @@ impl Router {
         self.regions.read().values().any(|r| r.id == region_id)
     }
 
+    /// On failure the message comes back, so a command can still be answered.
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, region_id: u64, msg: PeerMsg) -> Result<(), SendError> {
         if !self.has_region(region_id) {
             return Err(SendError::RegionNotFound(msg));

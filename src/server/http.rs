@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -165,15 +165,14 @@ pub fn percent_decode_strict(input: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+#[allow(clippy::result_large_err)]
 fn consistency_of(query: Option<&str>) -> Result<Consistency, Response> {
-    let Some(query) = query else {
-        return Ok(Consistency::Linearizable);
-    };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    let mut consistency = Consistency::Linearizable;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match (name, value) {
-            ("consistency", "linearizable") => return Ok(Consistency::Linearizable),
-            ("consistency", "stale") => return Ok(Consistency::Stale),
+        consistency = match (name, value) {
+            ("consistency", "linearizable") => Consistency::Linearizable,
+            ("consistency", "stale") => Consistency::Stale,
             ("consistency", other) => {
                 return Err(error_response(
                     StatusCode::BAD_REQUEST,
@@ -188,9 +187,9 @@ fn consistency_of(query: Option<&str>) -> Result<Consistency, Response> {
                     &format!("unknown query parameter {name:?}"),
                 ))
             }
-        }
+        };
     }
-    Ok(Consistency::Linearizable)
+    Ok(consistency)
 }
 
 async fn kv_handler(
@@ -224,6 +223,7 @@ async fn kv_handler(
     response
 }
 
+#[allow(clippy::result_large_err)]
 async fn build_request(
     state: &HttpState,
     method: &Method,
@@ -274,7 +274,7 @@ async fn build_request(
             })?;
             kv_request::Op::Put(PutRequest {
                 key: key.into(),
-                value: Bytes::from(value),
+                value,
             })
         }
         _ => kv_request::Op::Delete(DeleteRequest { key: key.into() }),

@@ -138,7 +138,7 @@ impl KvService {
             },
             kv_request::Op::Put(put) => Command::Write {
                 request_id,
-                epoch: region.epoch.clone(),
+                epoch: region.epoch,
                 ops: vec![WriteOp {
                     key: put.key.clone(),
                     value: put.value.clone(),
@@ -148,7 +148,7 @@ impl KvService {
             },
             kv_request::Op::Delete(delete) => Command::Write {
                 request_id,
-                epoch: region.epoch.clone(),
+                epoch: region.epoch,
                 ops: vec![WriteOp {
                     key: delete.key.clone(),
                     value: Default::default(),

@@ -5,17 +5,17 @@
 //! goes over one connection that this store dials (the remote dials its own connection back):
 //! - raft messages are queued per destination store (bounded) and written by one sender task as
 //!   [`RaftMessageBatch`](crate::proto::raft_serverpb::RaftMessageBatch) frames on one
-//!   long-lived unidirectional stream — many regions per frame ([`sender`]);
+//!   long-lived unidirectional stream — many regions per frame (`sender.rs`);
 //! - snapshots travel on their own bidirectional stream, file data in chunks, acknowledged by
-//!   the receiver only after the file is verified and durable ([`snapshot`]);
-//! - forwarded client requests use one bidirectional stream per request ([`receiver`] serves
+//!   the receiver only after the file is verified and durable (`snapshot.rs`);
+//! - forwarded client requests use one bidirectional stream per request (`receiver.rs` serves
 //!   them, [`Transport::forward`] sends them).
 //!
 //! Nothing here blocks raft: a full queue or an unreachable store drops the message and tells
 //! raft through [`RaftInbox::report_unreachable`]; raft retransmits. The transport sits above
 //! `proto` and below the server; it knows nothing about regions beyond the ids it reports.
 //!
-//! Every stream opened by a store starts with one [`StreamKind`] byte so the receiver can
+//! Every stream opened by a store starts with one `StreamKind` byte so the receiver can
 //! dispatch it without guessing from contents.
 
 pub mod frame;
@@ -179,11 +179,12 @@ struct Queues {
     closed: bool,
 }
 
-/// Why `send` could not queue a message (decided under the queue lock, reported outside it).
-enum Rejected {
-    Full,
-    UnknownStore,
-    ShutDown,
+/// What `try_enqueue` did with a message. Dropped messages are reported unreachable by the
+/// caller, after the queue lock is released.
+enum Enqueued {
+    Queued,
+    /// The queue is full, the store unknown, or the transport shut down.
+    Dropped(RaftMessage),
 }
 
 impl Transport {
@@ -247,45 +248,40 @@ impl Transport {
                 .spawn(snapshot::send_snapshot(shared, store_id, msg));
             return;
         }
-        if let Err((reason, msg)) = self.try_enqueue(store_id, msg) {
-            if matches!(reason, Rejected::Full) {
+        if let Enqueued::Dropped(msg) = self.try_enqueue(store_id, msg) {
+            self.shared.report_unreachable(&msg);
+        }
+    }
+
+    fn try_enqueue(&self, store_id: u64, msg: RaftMessage) -> Enqueued {
+        let mut queues = self.shared.queues.lock();
+        if queues.closed {
+            return Enqueued::Dropped(msg);
+        }
+        let Some(queue) = queues.by_store.get(&store_id) else {
+            return self.start_queue(&mut queues, store_id, msg);
+        };
+        match queue.try_send(msg) {
+            Ok(()) => Enqueued::Queued,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
                 // Per message, so trace only: a full queue shows up as raft probing the peer.
                 tracing::trace!(
                     store_id,
                     region_id = msg.region_id,
                     "send queue full; dropped"
                 );
+                Enqueued::Dropped(msg)
             }
-            self.shared.report_unreachable(&msg);
-        }
-    }
-
-    fn try_enqueue(&self, store_id: u64, msg: RaftMessage) -> Result<(), (Rejected, RaftMessage)> {
-        let mut queues = self.shared.queues.lock();
-        if queues.closed {
-            return Err((Rejected::ShutDown, msg));
-        }
-        if let Some(queue) = queues.by_store.get(&store_id) {
-            match queue.try_send(msg) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(msg)) => return Err((Rejected::Full, msg)),
-                // The sender task ended (it only does so on shutdown); start a fresh one below.
-                Err(mpsc::error::TrySendError::Closed(returned)) => {
-                    queues.by_store.remove(&store_id);
-                    return self.start_queue(&mut queues, store_id, returned);
-                }
+            // The sender task is gone (it only ends on shutdown); start a fresh one.
+            Err(mpsc::error::TrySendError::Closed(msg)) => {
+                queues.by_store.remove(&store_id);
+                self.start_queue(&mut queues, store_id, msg)
             }
         }
-        self.start_queue(&mut queues, store_id, msg)
     }
 
     /// Creates the queue and sender task of a store on its first message.
-    fn start_queue(
-        &self,
-        queues: &mut Queues,
-        store_id: u64,
-        msg: RaftMessage,
-    ) -> Result<(), (Rejected, RaftMessage)> {
+    fn start_queue(&self, queues: &mut Queues, store_id: u64, msg: RaftMessage) -> Enqueued {
         if !self.shared.store_addrs.contains_key(&store_id) {
             if queues.warned_unknown.insert(store_id) {
                 tracing::warn!(
@@ -294,19 +290,19 @@ impl Transport {
                     "raft message for a store with no known address; dropping"
                 );
             }
-            return Err((Rejected::UnknownStore, msg));
+            return Enqueued::Dropped(msg);
         }
         let (queue, receiver) = mpsc::channel(self.shared.queue_capacity);
-        // Cannot be full or closed: the channel is new, has capacity >= 1, and we hold its receiver.
+        // Cannot fail: the channel is new, has capacity >= 1, and its receiver is alive.
         if let Err(error) = queue.try_send(msg) {
-            return Err((Rejected::Full, error.into_inner()));
+            return Enqueued::Dropped(error.into_inner());
         }
         queues.by_store.insert(store_id, queue);
         let shared = Arc::clone(&self.shared);
         self.shared
             .runtime
             .spawn(sender::run(shared, store_id, receiver));
-        Ok(())
+        Enqueued::Queued
     }
 
     /// Sends a client request to another store's [`ForwardHandler`] and waits for its answer,

@@ -11,6 +11,14 @@ use super::tls::{CertificateAuthority, TlsMaterial};
 use super::*;
 use crate::proto::{kvpb, metapb, raft_serverpb::SnapshotMeta};
 
+/// Transport logs, shown only for failing tests (the test writer is captured).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ringkv=debug")
+        .with_test_writer()
+        .try_init();
+}
+
 #[derive(Debug)]
 enum InboxEvent {
     Delivered(RaftMessage),
@@ -73,6 +81,7 @@ impl TestStore {
         tls: TlsMaterial,
         queue_capacity: usize,
     ) -> TestStore {
+        init_tracing();
         let snap_dir = tempfile::tempdir().expect("snapshot dir");
         let (events_tx, events) = unbounded_channel();
         let config = TransportConfig {
@@ -289,30 +298,42 @@ async fn messages_of_many_regions_arrive_and_forward_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_with_certificates_from_another_ca_are_refused() {
     let cluster_ca = CertificateAuthority::generate("test cluster").expect("CA");
+    // Same name, different key: only the signature tells them apart.
     let foreign_ca = CertificateAuthority::generate("test cluster").expect("foreign CA");
-    let addrs = reserve_addrs(&[2, 3]);
+    let addrs = reserve_addrs(&[2, 3, 4]);
     let mut store_b =
         TestStore::start(2, &addrs, cluster_ca.issue("b").expect("cert b"), 8192).await;
+    // Store 3 lives entirely under the foreign CA: it also refuses B's certificate.
     let mut foreign =
-        TestStore::start(3, &addrs, foreign_ca.issue("intruder").expect("cert"), 8192).await;
+        TestStore::start(3, &addrs, foreign_ca.issue("foreign").expect("cert"), 8192).await;
+    // Store 4 trusts the cluster CA but presents a foreign certificate: only B's
+    // client-certificate check stands in its way.
+    let impostor_tls = TlsMaterial {
+        ca_cert_pem: cluster_ca.cert_pem().to_owned(),
+        ..foreign_ca.issue("impostor").expect("cert")
+    };
+    let mut impostor = TestStore::start(4, &addrs, impostor_tls, 8192).await;
 
-    // Keep sending for the whole window: every message must either vanish or be reported.
+    // Keep sending for the whole window: every message must vanish or be reported, never arrive.
     let window = Duration::from_secs(2);
     let started = Instant::now();
     let mut term = 0;
-    let mut foreign_unreachable = 0;
+    let mut unreachable = HashMap::from([(3u64, 0usize), (4, 0)]);
     while started.elapsed() < window {
         term += 1;
         foreign.transport.send(heartbeat(1, term, 3, 2));
+        impostor.transport.send(heartbeat(1, term, 4, 2));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        for event in foreign.drain_events() {
-            if let InboxEvent::Unreachable {
-                region_id,
-                to_peer_id,
-            } = event
-            {
-                assert_eq!((region_id, to_peer_id), (1, peer(1, 2).id));
-                foreign_unreachable += 1;
+        for (store_id, intruder) in [(3, &mut foreign), (4, &mut impostor)] {
+            for event in intruder.drain_events() {
+                if let InboxEvent::Unreachable {
+                    region_id,
+                    to_peer_id,
+                } = event
+                {
+                    assert_eq!((region_id, to_peer_id), (1, peer(1, 2).id));
+                    *unreachable.entry(store_id).or_default() += 1;
+                }
             }
         }
         let delivered = store_b
@@ -325,29 +346,36 @@ async fn stores_with_certificates_from_another_ca_are_refused() {
             "a store with a foreign certificate got a message through"
         );
     }
-    assert!(
-        foreign_unreachable > 0,
-        "the refused sender must report its messages unreachable ({term} sent)"
-    );
+    for (store_id, count) in &unreachable {
+        assert!(
+            *count > 0,
+            "refused store {store_id} must report its messages unreachable ({term} sent)"
+        );
+    }
 
-    let foreign_to_b = foreign
-        .transport
-        .forward(2, get_request(b"k"), Duration::from_secs(2))
-        .await;
-    assert!(
-        foreign_to_b.is_err(),
-        "foreign forward must fail, got {foreign_to_b:?}"
-    );
-    let b_to_foreign = store_b
-        .transport
-        .forward(3, get_request(b"k"), Duration::from_secs(2))
-        .await;
-    assert!(
-        b_to_foreign.is_err(),
-        "forward to a foreign store must fail, got {b_to_foreign:?}"
-    );
+    for intruder in [&foreign, &impostor] {
+        let result = intruder
+            .transport
+            .forward(2, get_request(b"k"), Duration::from_secs(2))
+            .await;
+        assert!(
+            result.is_err(),
+            "forward from a foreign store must fail, got {result:?}"
+        );
+    }
+    for store_id in [3, 4] {
+        let result = store_b
+            .transport
+            .forward(store_id, get_request(b"k"), Duration::from_secs(2))
+            .await;
+        assert!(
+            result.is_err(),
+            "forward to foreign store {store_id} must fail, got {result:?}"
+        );
+    }
 
     foreign.transport.shutdown().await;
+    impostor.transport.shutdown().await;
     store_b.transport.shutdown().await;
 }
 
