@@ -351,7 +351,7 @@ fn lagging_follower_catches_up_by_snapshot() {
         let cluster = Cluster::start(
             3,
             ClusterOptions {
-                raft_log_gc_threshold: Some(GC_THRESHOLD * 1000),
+                raft_log_gc_threshold: Some(GC_THRESHOLD),
                 ..options()
             },
         )
@@ -490,7 +490,7 @@ fn node_with_foreign_ca_cannot_join() {
         let cluster = Cluster::start(
             3,
             ClusterOptions {
-                foreign_ca_nodes: vec![],
+                foreign_ca_nodes: vec![outsider],
                 request_timeout_ms: Some(REQUEST_TIMEOUT_MS),
                 ..options()
             },

@@ -718,6 +718,8 @@ impl Cluster {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        // The log is a file: keep it free of terminal color codes.
+        command.env("NO_COLOR", "1");
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawning node {id} ({RINGKV}): {e}"));
