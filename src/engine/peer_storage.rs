@@ -272,6 +272,10 @@ impl PeerStorage {
     pub fn set_applied(&mut self, index: u64, term: u64, batch: &mut WriteBatch) -> Result<()> {
         self.apply_state.applied_index = index;
         self.apply_state.applied_term = term;
+        self.write_apply_state(batch)
+    }
+
+    fn write_apply_state(&self, batch: &mut WriteBatch) -> Result<()> {
         batch.put_msg(
             &self.engine,
             CF_META,
@@ -322,12 +326,7 @@ impl PeerStorage {
         self.apply_state.truncated_term = term;
         // Truncated state first: whatever survives a crash, first_index never points at a
         // deleted entry.
-        batch.put_msg(
-            &self.engine,
-            CF_META,
-            &keys::apply_state_key(self.region.id),
-            &self.apply_state,
-        )?;
+        self.write_apply_state(batch)?;
         batch.delete_range(
             &self.engine,
             CF_RAFT,
@@ -372,12 +371,7 @@ impl PeerStorage {
         self.raft_state.commit = self.raft_state.commit.max(meta.index);
         self.write_region_state(batch)?;
         self.write_raft_state(batch)?;
-        batch.put_msg(
-            &self.engine,
-            CF_META,
-            &keys::apply_state_key(self.region.id),
-            &self.apply_state,
-        )?;
+        self.write_apply_state(batch)?;
         Ok(kv_count)
     }
 
