@@ -11,7 +11,7 @@ demo: setup
 
 # Unit and integration tests (real RocksDB, real QUIC, real node processes).
 test: setup
-	cargo test --workspace -- --test-threads 2
+	cargo test --workspace --features ringkv/failpoints -- --test-threads 2
 
 # Dev certificates for ops/Procfile (kept if they exist).
 certs: setup

@@ -170,7 +170,23 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Any panic stops the whole process at once (crash-stop): a node whose poller or transport
+/// thread died must not keep answering as if it were whole. Restart recovers from the engine.
+fn abort_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("ringkv: panic; aborting the process (crash-stop)");
+        std::process::abort();
+    }));
+}
+
 fn main() -> ExitCode {
+    abort_on_panic();
+    // Crash points for fault tests: `FAILPOINTS="apply_after_write=3*off->panic"` (only in
+    // builds with the `failpoints` feature; a no-op otherwise).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")

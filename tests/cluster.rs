@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_holds_for, join_all, keys_covering_regions, put_concurrently, put_via_any, run_serially,
-    show, wait_until, Cluster, ClusterOptions, Model, NodeClient, INITIAL_APPLIED_INDEX,
-    WAIT_TIMEOUT,
+    assert_holds_for, join_all, keys_covering_regions, kv_path, put_concurrently, put_via_any,
+    run_serially, show, wait_until, Cluster, ClusterOptions, Model, NodeClient,
+    INITIAL_APPLIED_INDEX, WAIT_TIMEOUT,
 };
 use reqwest::Method;
 
@@ -722,6 +722,46 @@ fn bad_input_gets_4xx_and_changes_nothing() {
                 None,
             ),
             case(
+                "conditional PUT with prevExist=true (only false is supported)",
+                Method::PUT,
+                "/kv/existing?prevExist=true",
+                Some(b"x".to_vec()),
+                400,
+                Some("bad_query"),
+            ),
+            case(
+                "conditional PUT with both prevValue and prevExist",
+                Method::PUT,
+                "/kv/existing?prevValue=old%20value&prevExist=false",
+                Some(b"x".to_vec()),
+                400,
+                Some("bad_query"),
+            ),
+            case(
+                "conditional PUT with a malformed prevValue escape",
+                Method::PUT,
+                "/kv/existing?prevValue=%zz",
+                Some(b"x".to_vec()),
+                400,
+                Some("bad_query"),
+            ),
+            case(
+                "conditional DELETE with prevExist=false",
+                Method::DELETE,
+                "/kv/existing?prevExist=false",
+                None,
+                400,
+                Some("bad_query"),
+            ),
+            case(
+                "GET with a prevValue condition",
+                Method::GET,
+                "/kv/existing?prevValue=old%20value",
+                None,
+                400,
+                Some("bad_query"),
+            ),
+            case(
                 "POST to a key",
                 Method::POST,
                 "/kv/by-post",
@@ -881,5 +921,145 @@ fn concurrent_writes_from_many_clients_all_land() {
         for &id in &nodes {
             cluster.wait_stale_reads(id, &model).await;
         }
+    });
+}
+
+/// Conditional writes over HTTP (`prevValue`, `prevExist=false`) are compare-and-swap through
+/// raft: a create succeeds once, a swap only from the value it names, a failed compare
+/// answers 412 and changes nothing, and every node answers the same way.
+#[test]
+fn conditional_writes_compare_and_swap() {
+    run_serially(async {
+        let cluster = Cluster::start(3, options()).await;
+        cluster.wait_ready().await;
+        let key = "cas/key with spaces";
+        let (first, second, third) = (cluster.client(1), cluster.client(2), cluster.client(3));
+
+        assert!(first.cas(key, None, Some(b"v1")).await.expect("create"));
+        assert!(
+            !second
+                .cas(key, None, Some(b"other"))
+                .await
+                .expect("second create"),
+            "a create of an existing key must fail"
+        );
+        assert_eq!(cluster.must_get(3, key).await, Some(b"v1".to_vec()));
+
+        assert!(
+            !third
+                .cas(key, Some(b"v0"), Some(b"v2"))
+                .await
+                .expect("stale swap"),
+            "a swap from a value the key does not hold must fail"
+        );
+        assert_eq!(cluster.must_get(1, key).await, Some(b"v1".to_vec()));
+
+        // A binary expected value survives percent-encoding.
+        cluster.must_put(1, key, &[0, 0xff, b'&', b'=']).await;
+        assert!(third
+            .cas(key, Some(&[0, 0xff, b'&', b'=']), Some(b"v2"))
+            .await
+            .expect("swap from a binary value"));
+        assert_eq!(cluster.must_get(2, key).await, Some(b"v2".to_vec()));
+
+        assert!(
+            !first
+                .cas(key, Some(b"v1"), None)
+                .await
+                .expect("stale delete"),
+            "a conditional delete from the wrong value must fail"
+        );
+        assert!(second.cas(key, Some(b"v2"), None).await.expect("delete"));
+        assert_eq!(cluster.must_get(3, key).await, None);
+        assert!(
+            !first
+                .cas(key, Some(b"v2"), Some(b"v3"))
+                .await
+                .expect("swap of absent"),
+            "a swap of an absent key must fail"
+        );
+        assert_eq!(cluster.must_get(1, key).await, None);
+
+        let reply = cluster
+            .request(
+                2,
+                Method::PUT,
+                &format!("{}?prevExist=false", kv_path("cas/two")),
+                Some(b"a".to_vec()),
+            )
+            .await
+            .expect("create");
+        assert_eq!(reply.status, 204, "{}", reply.text());
+        let reply = cluster
+            .request(
+                3,
+                Method::PUT,
+                &format!("{}?prevExist=false", kv_path("cas/two")),
+                Some(b"b".to_vec()),
+            )
+            .await
+            .expect("second create");
+        assert_eq!(reply.status, 412, "{}", reply.text());
+        let (code, _) = reply.error().expect("a JSON error body");
+        assert_eq!(code, "compare_failed");
+    });
+}
+
+/// Concurrent compare-and-swap increments of one counter through every node: each success is
+/// counted exactly once, so the counter ends at tasks × increments. Conditional writes that
+/// land in the same apply batch must see each other's effects for this to hold.
+#[test]
+fn concurrent_cas_increments_are_exact() {
+    const TASKS: usize = 8;
+    const INCREMENTS: usize = 10;
+    run_serially(async {
+        let cluster = Cluster::start(3, options()).await;
+        cluster.wait_ready().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..TASKS {
+            let client = cluster.client(task % 3 + 1);
+            tasks.spawn(async move {
+                let mut retries = 0u64;
+                for _ in 0..INCREMENTS {
+                    loop {
+                        let current = client.must_get("counter").await;
+                        let next = match &current {
+                            None => 1u64,
+                            Some(bytes) => {
+                                let text = String::from_utf8_lossy(bytes);
+                                text.parse::<u64>().expect("the counter holds a number") + 1
+                            }
+                        };
+                        match client
+                            .cas(
+                                "counter",
+                                current.as_deref(),
+                                Some(next.to_string().as_bytes()),
+                            )
+                            .await
+                        {
+                            Ok(true) => break,
+                            Ok(false) => retries += 1,
+                            Err(error) => panic!("CAS failed outright: {error}"),
+                        }
+                    }
+                }
+                retries
+            });
+        }
+        let retries: u64 = join_all(tasks).await.into_iter().sum();
+        let value = cluster
+            .must_get(2, "counter")
+            .await
+            .expect("the counter exists");
+        assert_eq!(
+            String::from_utf8_lossy(&value),
+            (TASKS * INCREMENTS).to_string(),
+            "lost or doubled increments ({retries} CAS retries)"
+        );
+        eprintln!(
+            "{} increments with {retries} CAS retries",
+            TASKS * INCREMENTS
+        );
     });
 }

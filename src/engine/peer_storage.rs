@@ -496,7 +496,10 @@ impl raft::Storage for PeerStorage {
             }
         }
         if let SnapshotGeneration::Ready(file) = &*generation {
-            if file.index() >= request_index && file.exists() {
+            // A snapshot older than the compacted log is useless: the follower would need
+            // entries after it that are gone, and would be sent the same snapshot forever.
+            let fresh = file.index() >= request_index && file.index() >= self.truncated_index();
+            if fresh && file.exists() {
                 return Ok(file.snapshot.clone());
             }
             file.remove();
@@ -522,5 +525,75 @@ impl raft::Storage for PeerStorage {
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::EntryType;
+    use std::time::{Duration, Instant};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            entry_type: EntryType::EntryNormal,
+            ..Default::default()
+        }
+    }
+
+    /// Asks for a snapshot until the background generation delivers one.
+    fn wait_snapshot(storage: &PeerStorage) -> Snapshot {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match raft::Storage::snapshot(storage, 0, 2) {
+                Ok(snapshot) => return snapshot,
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(err) => panic!("snapshot: {err}"),
+            }
+        }
+    }
+
+    /// Regression (found by the nemesis suite): a cached snapshot older than the compacted log
+    /// was handed out again and again to a follower that could never continue from it.
+    #[test]
+    fn a_snapshot_older_than_the_compacted_log_is_regenerated() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EngineError::Corruption(e.to_string()))?;
+        let engine = Engine::open(&dir.path().join("db"))?;
+        let region = crate::region::static_bootstrap_regions(1, &[1, 2, 3]).remove(0);
+        let persisted = PersistedRegion::bootstrap(region);
+        let mut batch = engine.batch();
+        persisted.write_to(&engine, &mut batch)?;
+        engine.write(batch, true)?;
+        let snap_dir = dir.path().join("snap");
+        std::fs::create_dir_all(&snap_dir).map_err(|e| EngineError::Corruption(e.to_string()))?;
+        let mut storage = PeerStorage::new(engine.clone(), 1, snap_dir, persisted);
+        let first = crate::region::RAFT_INIT_LOG_INDEX + 1;
+
+        let entries: Vec<Entry> = (first..first + 20).map(|i| entry(i, 6)).collect();
+        let mut batch = engine.batch();
+        storage.append(&entries, &mut batch)?;
+        storage.set_applied(first + 9, 6, &mut batch)?;
+        engine.write(batch, true)?;
+        let old = wait_snapshot(&storage);
+        assert_eq!(old.get_metadata().index, first + 9);
+
+        let mut batch = engine.batch();
+        storage.set_applied(first + 19, 6, &mut batch)?;
+        storage.compact_to(first + 15, &mut batch)?;
+        engine.write(batch, true)?;
+        let new = wait_snapshot(&storage);
+        assert!(
+            new.get_metadata().index >= first + 15,
+            "got a snapshot at {} although the log is compacted to {}",
+            new.get_metadata().index,
+            first + 15
+        );
+        Ok(())
     }
 }

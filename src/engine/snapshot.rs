@@ -254,6 +254,7 @@ pub fn generate_snapshot(
         .map_err(|e| io_error(&tmp_path)(e.into_error()))?;
     file.sync_all().map_err(io_error(&tmp_path))?;
     std::fs::rename(&tmp_path, &path).map_err(io_error(&path))?;
+    fail::fail_point!("snapshot_after_generate");
 
     let meta = SnapshotMeta {
         region: Some(region),

@@ -5,7 +5,7 @@ use tokio::sync::oneshot;
 
 use crate::proto::kvpb::{self, KvResponse, RegionError};
 use crate::proto::metapb::{Peer, Region, RegionEpoch};
-use crate::proto::raft_serverpb::{RaftMessage, WriteOp};
+use crate::proto::raft_serverpb::{Condition, RaftMessage, WriteOp};
 
 /// Where the answer to a client command goes. Dropping it unanswered makes the waiting
 /// request fail as "dropped", so every path either answers or drops.
@@ -13,11 +13,13 @@ pub type Reply = oneshot::Sender<KvResponse>;
 
 /// A client command for one region.
 pub enum Command {
-    /// Replicate and apply `ops`; answered after apply.
+    /// Replicate and apply `ops`; answered after apply. With `conditions`, the ops apply only
+    /// if every condition holds at apply time, and the answer is a `CasResponse`.
     Write {
         request_id: u64,
         epoch: Option<RegionEpoch>,
         ops: Vec<WriteOp>,
+        conditions: Vec<Condition>,
         reply: Reply,
     },
     /// Linearizable read of `key` through raft ReadIndex.
@@ -137,6 +139,17 @@ pub fn get_result(value: Option<Vec<u8>>) -> KvResponse {
         result: Some(kvpb::kv_response::Result::Get(kvpb::GetResponse {
             found: value.is_some(),
             value: value.unwrap_or_default().into(),
+        })),
+    }
+}
+
+/// The answer to an applied conditional write: swapped, or what the key held instead.
+pub fn cas_result(succeeded: bool, current: Option<Bytes>) -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::Cas(kvpb::CasResponse {
+            succeeded,
+            found: current.is_some(),
+            current: current.unwrap_or_default(),
         })),
     }
 }

@@ -5,7 +5,7 @@
 //! The peer does no I/O of its own: the poller hands it write batches to stage into and an
 //! outbox for raft messages, then writes and sends for many peers at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -21,7 +21,7 @@ use crate::engine::{Engine, PeerStorage, Result as EngineResult, WriteBatch, CF_
 use crate::keys;
 use crate::proto::kvpb::KvResponse;
 use crate::proto::metapb::{Peer, Region, RegionEpoch};
-use crate::proto::raft_serverpb::{RaftCmd, RaftMessage, WriteOp};
+use crate::proto::raft_serverpb::{Condition, RaftCmd, RaftMessage, WriteOp};
 use crate::region::{find_peer, find_peer_on_store, region_contains};
 
 /// Upper bound on reads waiting for one peer (beyond it clients get ServerIsBusy).
@@ -46,6 +46,26 @@ struct ReadBatch {
     id: u64,
     read_index: Option<u64>,
     reads: Vec<PendingRead>,
+}
+
+/// User values written by the apply batch being built (not yet visible in the engine).
+#[derive(Default)]
+struct Staged {
+    values: HashMap<Bytes, Option<Bytes>>,
+}
+
+impl Staged {
+    fn record(&mut self, key: &Bytes, value: Option<Bytes>) {
+        self.values.insert(key.clone(), value);
+    }
+
+    /// The value `key` will hold once the batch is written.
+    fn get(&self, engine: &Engine, key: &Bytes) -> EngineResult<Option<Bytes>> {
+        match self.values.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(engine.get_user_value(key)?.map(Bytes::from)),
+        }
+    }
 }
 
 pub struct PeerFsm {
@@ -194,8 +214,9 @@ impl PeerFsm {
                 request_id,
                 epoch,
                 ops,
+                conditions,
                 reply,
-            } => self.propose_write(request_id, epoch, ops, reply),
+            } => self.propose_write(request_id, epoch, ops, conditions, reply),
             Command::Read { key, reply, .. } => self.queue_read(key, reply),
         }
     }
@@ -230,6 +251,7 @@ impl PeerFsm {
         request_id: u64,
         epoch: Option<RegionEpoch>,
         ops: Vec<WriteOp>,
+        conditions: Vec<Condition>,
         reply: Reply,
     ) {
         if !self.is_leader() {
@@ -240,7 +262,11 @@ impl PeerFsm {
             let _ = reply.send(err);
             return;
         }
-        if let Some(err) = ops.iter().find_map(|op| self.key_outside_region(&op.key)) {
+        let keys = ops.iter().map(|op| &op.key);
+        if let Some(err) = keys
+            .chain(conditions.iter().map(|c| &c.key))
+            .find_map(|key| self.key_outside_region(key))
+        {
             let _ = reply.send(err);
             return;
         }
@@ -253,6 +279,7 @@ impl PeerFsm {
             region_id: self.region_id(),
             epoch: self.region().epoch,
             ops,
+            conditions,
         };
         if let Err(err) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
             tracing::debug!(region = self.region_id(), %err, "proposal dropped");
@@ -519,12 +546,15 @@ impl PeerFsm {
             return Ok(());
         };
         let (last_index, last_term) = (last.index, last.term);
+        // Values written by earlier entries of this batch, which the engine does not show
+        // yet: what a conditional write later in the batch must compare against.
+        let mut staged = Staged::default();
         for entry in &committed {
             if entry.index <= self.raw.store().applied_index() {
                 continue; // already applied (e.g. covered by a snapshot)
             }
             let response = match entry.get_entry_type() {
-                EntryType::EntryNormal => self.apply_normal(entry, batch)?,
+                EntryType::EntryNormal => self.apply_normal(entry, batch, &mut staged)?,
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(entry, batch)?;
                     msg::done()
@@ -540,7 +570,12 @@ impl PeerFsm {
         Ok(())
     }
 
-    fn apply_normal(&mut self, entry: &Entry, batch: &mut WriteBatch) -> EngineResult<KvResponse> {
+    fn apply_normal(
+        &mut self,
+        entry: &Entry,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+    ) -> EngineResult<KvResponse> {
         if entry.data.is_empty() {
             return Ok(msg::done()); // a new leader's no-op
         }
@@ -556,25 +591,41 @@ impl PeerFsm {
             return Ok(err);
         }
         let region = self.region().clone();
-        if cmd
-            .ops
-            .iter()
-            .any(|op| !region_contains(&region, keys::key_hash(&op.key)))
+        let keys = cmd.ops.iter().map(|op| &op.key);
+        if keys
+            .chain(cmd.conditions.iter().map(|c| &c.key))
+            .any(|key| !region_contains(&region, keys::key_hash(key)))
         {
             return Ok(msg::epoch_not_match(
                 format!("key is not in region {}", region.id),
                 region,
             ));
         }
+        for condition in &cmd.conditions {
+            let current = staged.get(&self.engine, &condition.key)?;
+            let holds = match &current {
+                None => condition.absent,
+                Some(value) => !condition.absent && *value == condition.value,
+            };
+            if !holds {
+                return Ok(msg::cas_result(false, current));
+            }
+        }
         for op in &cmd.ops {
             let key = keys::data_key(&op.key);
             if op.delete {
                 batch.delete(&self.engine, CF_DEFAULT, &key)?;
+                staged.record(&op.key, None);
             } else {
                 batch.put(&self.engine, CF_DEFAULT, &key, &op.value)?;
+                staged.record(&op.key, Some(op.value.clone()));
             }
         }
-        Ok(msg::done())
+        if cmd.conditions.is_empty() {
+            Ok(msg::done())
+        } else {
+            Ok(msg::cas_result(true, None))
+        }
     }
 
     fn apply_conf_change(&mut self, entry: &Entry, batch: &mut WriteBatch) -> EngineResult<()> {

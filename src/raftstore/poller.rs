@@ -10,6 +10,10 @@
 //!
 //! A failed write stops the node: continuing after an fsync error could acknowledge data that
 //! is not durable (crash-stop).
+//!
+//! Crash points (`fail` crate, `failpoints` feature; `FAILPOINTS=name=panic` makes the node
+//! abort there, see `tests/nemesis.rs`): `raft_before_log_write`, `raft_after_log_write`,
+//! `apply_before_write`, `apply_after_write`, `gc_before_write`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -119,6 +123,7 @@ impl Poller {
         if readies.is_empty() {
             return Ok(again);
         }
+        fail::fail_point!("raft_before_log_write");
         if !raft_batch.is_empty() {
             let started = Instant::now();
             let bytes = raft_batch.size_bytes();
@@ -128,6 +133,7 @@ impl Poller {
             metrics::histogram!("ringkv_raft_log_write_size_bytes").record(bytes as f64);
             metrics::counter!("ringkv_raft_log_fsync_total").increment(1);
         }
+        fail::fail_point!("raft_after_log_write");
 
         let mut apply_batch = self.engine.batch();
         let mut replies = Vec::new();
@@ -140,7 +146,9 @@ impl Poller {
             advanced.push(region_id);
         }
         self.flush_outbox(&mut outbox);
+        fail::fail_point!("apply_before_write");
         self.engine.write(apply_batch, false)?;
+        fail::fail_point!("apply_after_write");
         let acknowledged = replies.len();
         for (reply, response) in replies {
             let _ = reply.send(response);
@@ -157,6 +165,7 @@ impl Poller {
                 }
             }
         }
+        fail::fail_point!("gc_before_write");
         self.engine.write(gc_batch, false)?;
         Ok(again)
     }

@@ -5,6 +5,9 @@
 //! | `PUT /kv/{key}` body=value | 204 | after commit by a quorum and apply |
 //! | `GET /kv/{key}` | 200 + value, 404 | linearizable (ReadIndex); `?consistency=stale` reads the local replica |
 //! | `DELETE /kv/{key}` | 204 | |
+//! | `PUT /kv/{key}?prevValue=V` body=value | 204, 412 | compare-and-swap: only if the key holds `V` (percent-encoded) |
+//! | `PUT /kv/{key}?prevExist=false` body=value | 204, 412 | create: only if the key is absent |
+//! | `DELETE /kv/{key}?prevValue=V` | 204, 412 | delete only if the key holds `V` |
 //! | `GET /health` | 200 | |
 //! | `GET /status` | 200 JSON | store id, regions, leaders, raft positions |
 //! | `GET /metrics` | 200 | Prometheus text |
@@ -26,8 +29,8 @@ use tokio::sync::oneshot;
 
 use super::kv::KvService;
 use crate::proto::kvpb::{
-    kv_request, kv_response, region_error, Consistency, DeleteRequest, GetRequest, KvRequest,
-    KvResponse, PutRequest,
+    kv_request, kv_response, region_error, CasRequest, Consistency, DeleteRequest, GetRequest,
+    KvRequest, KvResponse, PutRequest,
 };
 use crate::raftstore::{PeerMsg, RegionStatus};
 
@@ -116,6 +119,18 @@ fn kv_response_to_http(response: KvResponse) -> Response {
             Body::from(get.value),
         )
             .into_response(),
+        Some(kv_response::Result::Cas(cas)) if cas.succeeded => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Some(kv_response::Result::Cas(cas)) => error_response(
+            StatusCode::PRECONDITION_FAILED,
+            "compare_failed",
+            if cas.found {
+                "the key holds a different value"
+            } else {
+                "the key does not exist"
+            },
+        ),
         Some(kv_response::Result::Get(_)) => error_response(
             StatusCode::NOT_FOUND,
             "key_not_found",
@@ -223,6 +238,41 @@ async fn kv_handler(
     response
 }
 
+/// The precondition of a conditional PUT or DELETE, from `prevValue=V` / `prevExist=false`
+/// (etcd v2's names).
+enum Precondition {
+    None,
+    Absent,
+    Value(Vec<u8>),
+}
+
+#[allow(clippy::result_large_err)]
+fn precondition_of(query: Option<&str>, method: &Method) -> Result<Precondition, Response> {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_query", &message);
+    let mut precondition = Precondition::None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let next = match name {
+            "prevValue" => Precondition::Value(
+                percent_decode_strict(value)
+                    .ok_or_else(|| bad("prevValue is not valid percent-encoding".to_owned()))?,
+            ),
+            "prevExist" if value == "false" && *method == Method::PUT => Precondition::Absent,
+            "prevExist" => {
+                return Err(bad(format!(
+                    "prevExist supports only prevExist=false on PUT, not {value:?} on {method}"
+                )))
+            }
+            _ => return Err(bad(format!("unknown query parameter {name:?}"))),
+        };
+        if !matches!(precondition, Precondition::None) {
+            return Err(bad("give at most one of prevValue and prevExist".to_owned()));
+        }
+        precondition = next;
+    }
+    Ok(precondition)
+}
+
 #[allow(clippy::result_large_err)]
 async fn build_request(
     state: &HttpState,
@@ -272,12 +322,34 @@ async fn build_request(
                     &format!("the value exceeds the limit of {limit} bytes"),
                 )
             })?;
-            kv_request::Op::Put(PutRequest {
-                key: key.into(),
-                value,
-            })
+            match precondition_of(query, method)? {
+                Precondition::None => kv_request::Op::Put(PutRequest {
+                    key: key.into(),
+                    value,
+                }),
+                Precondition::Absent => kv_request::Op::Cas(CasRequest {
+                    key: key.into(),
+                    expect_absent: true,
+                    new_value: value,
+                    ..Default::default()
+                }),
+                Precondition::Value(expected) => kv_request::Op::Cas(CasRequest {
+                    key: key.into(),
+                    expected_value: expected.into(),
+                    new_value: value,
+                    ..Default::default()
+                }),
+            }
         }
-        _ => kv_request::Op::Delete(DeleteRequest { key: key.into() }),
+        _ => match precondition_of(query, method)? {
+            Precondition::Value(expected) => kv_request::Op::Cas(CasRequest {
+                key: key.into(),
+                expected_value: expected.into(),
+                delete: true,
+                ..Default::default()
+            }),
+            _ => kv_request::Op::Delete(DeleteRequest { key: key.into() }),
+        },
     };
     Ok(KvRequest { op: Some(op) })
 }

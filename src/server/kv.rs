@@ -13,7 +13,7 @@ use crate::keys;
 use crate::proto::kvpb::{
     self, kv_request, kv_response, region_error, Consistency, KvRequest, KvResponse,
 };
-use crate::proto::raft_serverpb::{ForwardRequest, ForwardResponse, WriteOp};
+use crate::proto::raft_serverpb::{Condition, ForwardRequest, ForwardResponse, WriteOp};
 use crate::raftstore::{self, Command, PeerMsg, Router, SendError};
 use crate::transport::{ForwardHandler, Transport};
 
@@ -103,6 +103,10 @@ impl KvService {
             Ok(ForwardResponse { response: None }) => {
                 raftstore::server_is_busy("empty forwarded response", 50)
             }
+            // A write that may have run there must not run again: its outcome is unknown.
+            Err(err) if err.maybe_delivered() && is_write(request) => raftstore::timeout(format!(
+                "forwarded to store {store_id}, no answer (outcome unknown): {err}"
+            )),
             Err(err) => {
                 raftstore::server_is_busy(&format!("forwarding to store {store_id}: {err}"), 50)
             }
@@ -118,6 +122,7 @@ impl KvService {
             kv_request::Op::Get(get) => &get.key,
             kv_request::Op::Put(put) => &put.key,
             kv_request::Op::Delete(delete) => &delete.key,
+            kv_request::Op::Cas(cas) => &cas.key,
         };
         let Some(region) = self.router.region_for_hash(keys::key_hash(key)) else {
             return raftstore::other_error("no region on this store holds the key".into());
@@ -126,16 +131,19 @@ impl KvService {
         let (reply, answer) = oneshot::channel();
         let command = match op {
             kv_request::Op::Get(get) if get.consistency == Consistency::Stale as i32 => {
-                return match self.engine.get_user_value(&get.key) {
-                    Ok(value) => raftstore::get_result(value),
-                    Err(err) => raftstore::other_error(format!("read failed: {err}")),
-                };
+                return self.read_local_replica(&get.key);
             }
-            kv_request::Op::Get(get) => Command::Read {
-                request_id,
-                key: get.key.clone(),
-                reply,
-            },
+            kv_request::Op::Get(get) => {
+                // Test switch for the fault suite: a deliberately broken read path that skips
+                // ReadIndex, which the linearizability checker must catch. Only compiled into
+                // builds with the `failpoints` feature.
+                fail::fail_point!("unsafe_local_read", |_| self.read_local_replica(&get.key));
+                Command::Read {
+                    request_id,
+                    key: get.key.clone(),
+                    reply,
+                }
+            }
             kv_request::Op::Put(put) => Command::Write {
                 request_id,
                 epoch: region.epoch,
@@ -144,6 +152,7 @@ impl KvService {
                     value: put.value.clone(),
                     delete: false,
                 }],
+                conditions: vec![],
                 reply,
             },
             kv_request::Op::Delete(delete) => Command::Write {
@@ -153,6 +162,22 @@ impl KvService {
                     key: delete.key.clone(),
                     value: Default::default(),
                     delete: true,
+                }],
+                conditions: vec![],
+                reply,
+            },
+            kv_request::Op::Cas(cas) => Command::Write {
+                request_id,
+                epoch: region.epoch,
+                ops: vec![WriteOp {
+                    key: cas.key.clone(),
+                    value: cas.new_value.clone(),
+                    delete: cas.delete,
+                }],
+                conditions: vec![Condition {
+                    key: cas.key.clone(),
+                    absent: cas.expect_absent,
+                    value: cas.expected_value.clone(),
                 }],
                 reply,
             },
@@ -170,7 +195,12 @@ impl KvService {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, answer).await {
             Ok(Ok(response)) => response,
-            Ok(Err(_)) => raftstore::not_leader(region.id, None),
+            // The peer went away (shutdown) with the request in flight: a proposed write may
+            // still commit elsewhere, so this is not a definite failure.
+            Ok(Err(_)) => raftstore::timeout(format!(
+                "region {} stopped before answering (outcome unknown for writes)",
+                region.id
+            )),
             Err(_) => raftstore::timeout(format!(
                 "region {} did not answer within {} ms (outcome unknown for writes)",
                 region.id,
@@ -178,6 +208,19 @@ impl KvService {
             )),
         }
     }
+}
+
+impl KvService {
+    fn read_local_replica(&self, key: &[u8]) -> KvResponse {
+        match self.engine.get_user_value(key) {
+            Ok(value) => raftstore::get_result(value),
+            Err(err) => raftstore::other_error(format!("read failed: {err}")),
+        }
+    }
+}
+
+fn is_write(request: &KvRequest) -> bool {
+    !matches!(request.op, Some(kv_request::Op::Get(_)) | None)
 }
 
 fn region_error_of(response: &KvResponse) -> Option<&region_error::Error> {

@@ -142,6 +142,17 @@ pub enum TransportError {
     },
     #[error("the transport is shut down")]
     Shutdown,
+    /// The request may have reached the other store (and been executed there), but no answer
+    /// came back: for a write, the outcome is unknown.
+    #[error("sent, but no answer: {0}")]
+    Unanswered(Box<TransportError>),
+}
+
+impl TransportError {
+    /// True when a forwarded request may have been executed despite this error.
+    pub fn maybe_delivered(&self) -> bool {
+        matches!(self, TransportError::Unanswered(_))
+    }
 }
 
 /// The store's transport. Cheap to clone; all clones share one endpoint and one set of queues.
@@ -313,9 +324,13 @@ impl Transport {
         req: ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardResponse, TransportError> {
+        // Set once any byte of the request may have left: from then on a failure does not
+        // prove the request was not executed.
+        let mut sent = false;
         let exchange = async {
             let connection = self.shared.connection_to(store_id).await?;
             let (mut send, mut recv) = connection.open_bi().await?;
+            sent = true;
             send.write_all(&[StreamKind::Forward as u8]).await?;
             frame::write_frame(&mut send, &req).await?;
             send.finish()?;
@@ -323,9 +338,17 @@ impl Transport {
                 .await?
                 .ok_or(TransportError::MissingFrame("a ForwardResponse"))
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))?
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        };
+        result.map_err(|error| {
+            if sent {
+                TransportError::Unanswered(Box::new(error))
+            } else {
+                error
+            }
+        })
     }
 
     /// The address the endpoint is bound to (resolves port 0).

@@ -127,6 +127,7 @@ pub(super) async fn receive_snapshot(
     let ack = match result {
         Ok(message) => {
             tracing::info!(region_id = message.region_id, "snapshot received");
+            fail::fail_point!("snapshot_after_receive");
             shared.inbox.deliver(message);
             ACK_OK
         }

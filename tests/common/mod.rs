@@ -10,6 +10,8 @@
 //! keeps the temp dir if `RINGKV_KEEP_TEST_DIRS` is set).
 #![allow(dead_code)] // not every test binary uses every helper
 
+pub mod relay;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -133,6 +135,11 @@ pub struct ClusterOptions {
     pub request_timeout_ms: Option<u64>,
     /// Nodes (1-based) whose certificate and CA come from a second, unrelated CA.
     pub foreign_ca_nodes: Vec<usize>,
+    /// Put a [`relay::Relay`] on every directed node-to-node path (see [`Cluster::set_link`]).
+    pub relays: bool,
+    /// `FAILPOINTS` for a node's first start (node id → spec); needs a binary built with the
+    /// `failpoints` feature.
+    pub failpoints: BTreeMap<usize, String>,
 }
 
 /// One region as a node's `/status` reports it.
@@ -242,7 +249,9 @@ pub struct HttpError {
 }
 
 pub enum Failure {
-    /// No HTTP answer at all (refused, reset, timed out).
+    /// The connection could not be made: the request never reached the node.
+    Connect(String),
+    /// No HTTP answer at all (reset, timed out): the node may have acted on it.
     Transport(String),
     /// An answer with an unexpected status.
     Status(Reply),
@@ -251,7 +260,7 @@ pub enum Failure {
 impl HttpError {
     pub fn status(&self) -> Option<u16> {
         match &self.failure {
-            Failure::Transport(_) => None,
+            Failure::Connect(_) | Failure::Transport(_) => None,
             Failure::Status(reply) => Some(reply.status),
         }
     }
@@ -265,6 +274,7 @@ impl HttpError {
 impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.failure {
+            Failure::Connect(error) => write!(f, "{}: cannot connect: {error}", self.request),
             Failure::Transport(error) => write!(f, "{}: no answer: {error}", self.request),
             Failure::Status(reply) => {
                 write!(
@@ -307,6 +317,8 @@ pub struct NodeClient {
     pub node: usize,
     base_url: String,
     http: reqwest::Client,
+    /// Per-request bound replacing the client's [`HTTP_TIMEOUT`].
+    timeout: Option<Duration>,
 }
 
 impl NodeClient {
@@ -324,9 +336,16 @@ impl NodeClient {
         if let Some(body) = body {
             request = request.body(body);
         }
+        if let Some(timeout) = self.timeout {
+            request = request.timeout(timeout);
+        }
         let transport = |error: reqwest::Error| HttpError {
             request: description.clone(),
-            failure: Failure::Transport(format!("{error:#}")),
+            failure: if error.is_connect() {
+                Failure::Connect(format!("{error:#}"))
+            } else {
+                Failure::Transport(format!("{error:#}"))
+            },
         };
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
@@ -404,6 +423,36 @@ impl NodeClient {
             .expect_status(Method::GET, path, None, &[200, 404])
             .await?;
         Ok((reply.status == 200).then_some(reply.body))
+    }
+
+    /// Compare-and-swap once: if `key` holds `expected` (`None`: is absent), make it hold `new`
+    /// (`None`: delete it). `Ok(true)` for 204 (swapped), `Ok(false)` for 412 (it did not hold
+    /// `expected`).
+    pub async fn cas(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, HttpError> {
+        let condition = match expected {
+            Some(value) => format!(
+                "prevValue={}",
+                percent_encoding::percent_encode(value, NON_ALPHANUMERIC)
+            ),
+            None => "prevExist=false".to_owned(),
+        };
+        let path = format!("{}?{condition}", kv_path(key));
+        let reply = match new {
+            Some(value) => {
+                self.expect_status(Method::PUT, &path, Some(value.to_vec()), &[204, 412])
+                    .await?
+            }
+            None => {
+                self.expect_status(Method::DELETE, &path, None, &[204, 412])
+                    .await?
+            }
+        };
+        Ok(reply.status == 204)
     }
 
     /// DELETE once; `Ok` only for 204.
@@ -508,6 +557,9 @@ struct Node {
     certs_dir: PathBuf,
     log_path: PathBuf,
     process: Mutex<Option<Child>>,
+    /// `FAILPOINTS` for the next start.
+    failpoints: Mutex<Option<String>>,
+    paused: Mutex<bool>,
 }
 
 impl Node {
@@ -544,6 +596,8 @@ pub struct Cluster {
     dir: TempDir,
     opts: ClusterOptions,
     raft_addrs: Vec<SocketAddr>,
+    /// (from, to) → the relay node `from` reaches node `to` through; empty without relays.
+    relays: BTreeMap<(usize, usize), relay::Relay>,
     nodes: Vec<Node>,
     http: reqwest::Client,
 }
@@ -593,6 +647,8 @@ impl Cluster {
                 },
                 log_path: dir.path().join(format!("node-{id}.log")),
                 process: Mutex::new(None),
+                failpoints: Mutex::new(opts.failpoints.get(&id).cloned()),
+                paused: Mutex::new(false),
             })
             .collect();
         let http = reqwest::Client::builder()
@@ -603,10 +659,21 @@ impl Cluster {
             .pool_max_idle_per_host(0)
             .build()
             .expect("building the HTTP client");
+        let mut relays = BTreeMap::new();
+        if opts.relays {
+            for from in 1..=node_count {
+                for to in (1..=node_count).filter(|&to| to != from) {
+                    let relay = relay::Relay::start(raft_addrs[to - 1])
+                        .expect("starting a UDP relay on loopback");
+                    relays.insert((from, to), relay);
+                }
+            }
+        }
         let cluster = Cluster {
             dir,
             opts,
             raft_addrs,
+            relays,
             nodes,
             http,
         };
@@ -645,7 +712,16 @@ impl Cluster {
 
     fn node_args(&self, id: usize) -> Vec<String> {
         let node = self.node(id);
-        let cluster: Vec<String> = self.raft_addrs.iter().map(|a| a.to_string()).collect();
+        // Every other node as this node reaches it: through its relay, if there is one.
+        let cluster: Vec<String> = self
+            .raft_addrs
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| match self.relays.get(&(id, index + 1)) {
+                Some(relay) => relay.addr().to_string(),
+                None => addr.to_string(),
+            })
+            .collect();
         let mut args = vec![
             "node".to_owned(),
             "--id".to_owned(),
@@ -720,6 +796,15 @@ impl Cluster {
         }
         // The log is a file: keep it free of terminal color codes.
         command.env("NO_COLOR", "1");
+        command.env_remove("FAILPOINTS");
+        if let Some(failpoints) = lock(&node.failpoints).as_ref() {
+            command.env("FAILPOINTS", failpoints);
+            writeln!(
+                log_note(&node.log_path),
+                "===== harness: FAILPOINTS={failpoints}"
+            )
+            .expect("writing the node log");
+        }
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawning node {id} ({RINGKV}): {e}"));
@@ -826,6 +911,103 @@ impl Cluster {
         child
             .wait()
             .unwrap_or_else(|e| panic!("reaping node {id}: {e}"));
+        *lock(&node.paused) = false;
+    }
+
+    /// SIGSTOPs node `id`: it stays alive but does nothing (a long GC pause, a stuck VM).
+    pub fn pause(&self, id: usize) {
+        self.signal(id, "-STOP");
+        *lock(&self.node(id).paused) = true;
+    }
+
+    /// SIGCONTs a paused node.
+    pub fn resume(&self, id: usize) {
+        self.signal(id, "-CONT");
+        *lock(&self.node(id).paused) = false;
+    }
+
+    pub fn is_paused(&self, id: usize) -> bool {
+        *lock(&self.node(id).paused)
+    }
+
+    fn signal(&self, id: usize, signal: &str) {
+        let pid = lock(&self.node(id).process)
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("signal {signal}: node {id} is not running"));
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("running kill {signal} {pid}: {e}"));
+        assert!(status.success(), "kill {signal} {pid} (node {id}) failed");
+    }
+
+    /// `FAILPOINTS` for node `id`'s next start (`None`: none).
+    pub fn set_failpoints(&self, id: usize, failpoints: Option<&str>) {
+        *lock(&self.node(id).failpoints) = failpoints.map(str::to_owned);
+    }
+
+    /// Waits until node `id` exits on its own (a crash point fired) and returns how it ended.
+    pub async fn wait_exit(&self, id: usize, timeout: Duration) -> ExitStatus {
+        let node = self.node(id);
+        let what = format!("node {id} to exit on its own");
+        let status = wait_until(&what, timeout, async || {
+            node.exited()
+                .ok_or_else(|| "it is still running".to_owned())
+        })
+        .await;
+        lock(&node.process).take();
+        status
+    }
+
+    /// Node `id`'s log so far.
+    pub fn log(&self, id: usize) -> String {
+        fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
+
+    /// Sets what the link from node `from` to node `to` does (both directions of `from`'s
+    /// connection to `to`). Needs [`ClusterOptions::relays`].
+    pub fn set_link(&self, from: usize, to: usize, faults: relay::LinkFaults) {
+        self.relays
+            .get(&(from, to))
+            .unwrap_or_else(|| panic!("no relay {from} -> {to}: start with relays: true"))
+            .set(faults);
+    }
+
+    /// Applies `faults` to every link.
+    pub fn set_all_links(&self, faults: relay::LinkFaults) {
+        for relay in self.relays.values() {
+            relay.set(faults.clone());
+        }
+    }
+
+    /// Cuts every link between nodes of different `groups`; links inside a group pass.
+    pub fn partition(&self, groups: &[&[usize]]) {
+        let group_of = |id: usize| groups.iter().position(|g| g.contains(&id));
+        for (&(from, to), relay) in &self.relays {
+            let cut = group_of(from) != group_of(to);
+            relay.set(relay::LinkFaults {
+                cut,
+                ..relay::LinkFaults::default()
+            });
+        }
+    }
+
+    /// Cuts node `id` off from every other node (clients still reach it).
+    pub fn isolate(&self, id: usize) {
+        let others: Vec<usize> = self.node_ids().into_iter().filter(|&n| n != id).collect();
+        self.partition(&[&[id], &others]);
+    }
+
+    /// Every link passes everything again.
+    pub fn heal(&self) {
+        self.set_all_links(relay::LinkFaults::default());
+    }
+
+    /// Starts killed node `id` again without waiting for it (it may be meant to crash).
+    pub fn start_node(&self, id: usize) {
+        self.spawn_node(id);
     }
 
     /// Starts killed node `id` again with the same command and data dir, and waits until it
@@ -855,6 +1037,15 @@ impl Cluster {
             node: id,
             base_url: format!("http://{}", self.node(id).http_addr),
             http: self.http.clone(),
+            timeout: None,
+        }
+    }
+
+    /// HTTP access to node `id` where each request gives up after `timeout`.
+    pub fn client_with_timeout(&self, id: usize, timeout: Duration) -> NodeClient {
+        NodeClient {
+            timeout: Some(timeout),
+            ..self.client(id)
         }
     }
 
@@ -1046,6 +1237,14 @@ impl Drop for Cluster {
             eprintln!("(set RINGKV_KEEP_TEST_DIRS=1 to keep the test dir with the full logs)");
         }
     }
+}
+
+fn log_note(path: &Path) -> fs::File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
 }
 
 fn first_lines(lines: &[String]) -> String {
