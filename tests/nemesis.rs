@@ -256,9 +256,11 @@ enum Scenario {
     Pause,
     WholeClusterRestart,
     LossyLinks,
+    /// A random node crashes at a random crash point and restarts.
+    CrashPoint,
 }
 
-const ALL_SCENARIOS: [Scenario; 8] = [
+const ALL_SCENARIOS: [Scenario; 9] = [
     Scenario::LeaderKill,
     Scenario::FollowerKill,
     Scenario::MinorityPartition,
@@ -267,6 +269,7 @@ const ALL_SCENARIOS: [Scenario; 8] = [
     Scenario::Pause,
     Scenario::WholeClusterRestart,
     Scenario::LossyLinks,
+    Scenario::CrashPoint,
 ];
 
 /// Region ids of the cluster (every node has every region).
@@ -419,6 +422,11 @@ async fn run_nemesis(cluster: &Cluster, workload: &Workload, scenario: Scenario,
             });
             workload.wait_progress(80, "lossy links").await;
             cluster.heal();
+        }
+        Scenario::CrashPoint => {
+            let (point, action) = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
+            let node = rng.random_range(1..=cluster.node_ids().len());
+            crash_at(cluster, workload, node, point, action, rng).await;
         }
     }
     workload.wait_progress(30, "after the fault").await;
@@ -657,6 +665,79 @@ const CRASH_POINTS: [(&str, &str); 7] = [
     ("snapshot_after_receive", "panic"),
 ];
 
+/// Restarts `node` with crash point `point` armed (`action` after a few passes), waits for it
+/// to die there (it must not go on), then restarts it clean and waits for progress.
+async fn crash_at(
+    cluster: &Cluster,
+    workload: &Workload,
+    node: usize,
+    point: &str,
+    action: &str,
+    rng: &mut StdRng,
+) {
+    let skip = rng.random_range(2..20);
+    if point == "snapshot_after_receive" {
+        // Down long enough that every leader compacts its log past this node.
+        let applied: BTreeMap<u64, u64> = cluster
+            .status(node)
+            .await
+            .expect("status")
+            .regions
+            .iter()
+            .map(|r| (r.id, r.applied_index))
+            .collect();
+        cluster.kill(node);
+        wait_until(
+            "every region's leader to compact past the stopped node",
+            PROGRESS_TIMEOUT,
+            async || {
+                for (&region, &index) in &applied {
+                    let Some(leader) = cluster.leader_of_region(region).await else {
+                        return Err(format!("region {region} has no leader"));
+                    };
+                    let status = cluster.region(leader, region).await?;
+                    if status.first_index <= index + 1 {
+                        return Err(format!(
+                            "region {region}: first index {} <= {}",
+                            status.first_index,
+                            index + 1
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+        cluster.set_failpoints(node, Some(&format!("{point}={action}")));
+    } else {
+        cluster.kill(node);
+        cluster.set_failpoints(node, Some(&format!("{point}={skip}*off->{action}")));
+    }
+    cluster.start_node(node);
+    let exit = cluster.wait_exit(node, PROGRESS_TIMEOUT).await;
+    assert!(
+        !exit.success(),
+        "node {node} exited cleanly at crash point {point}"
+    );
+    let log = cluster.log(node);
+    let stopped_as_expected = if action == "return" {
+        log.contains("crash-stop")
+    } else {
+        log.contains(point)
+    };
+    assert!(
+        stopped_as_expected,
+        "node {node} did not stop at {point}; log tail:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    eprintln!("node {node} crashed at {point} ({exit})");
+    cluster.set_failpoints(node, None);
+    cluster.restart(node).await;
+    workload
+        .wait_progress(30, &format!("node {node} back after {point}"))
+        .await;
+}
+
 /// Each crash point in turn fires on a node while the workload runs (the node must die, not
 /// go on); the node restarts clean and must rejoin with nothing lost, and the whole history
 /// must stay linearizable.
@@ -670,68 +751,7 @@ fn crash_points_restart_consistent() {
         let workload = Workload::start(&cluster, "crash", seed);
         workload.wait_progress(30, "before the first crash").await;
         for (n, (point, action)) in CRASH_POINTS.iter().enumerate() {
-            let node = n % 3 + 1;
-            let skip = rng.random_range(2..20);
-            if *point == "snapshot_after_receive" {
-                // Down long enough that every leader compacts its log past this node.
-                let applied: BTreeMap<u64, u64> = cluster
-                    .status(node)
-                    .await
-                    .expect("status")
-                    .regions
-                    .iter()
-                    .map(|r| (r.id, r.applied_index))
-                    .collect();
-                cluster.kill(node);
-                wait_until(
-                    "every region's leader to compact past the stopped node",
-                    PROGRESS_TIMEOUT,
-                    async || {
-                        for (&region, &index) in &applied {
-                            let Some(leader) = cluster.leader_of_region(region).await else {
-                                return Err(format!("region {region} has no leader"));
-                            };
-                            let status = cluster.region(leader, region).await?;
-                            if status.first_index <= index + 1 {
-                                return Err(format!(
-                                    "region {region}: first index {} <= {}",
-                                    status.first_index,
-                                    index + 1
-                                ));
-                            }
-                        }
-                        Ok(())
-                    },
-                )
-                .await;
-                cluster.set_failpoints(node, Some(&format!("{point}={action}")));
-            } else {
-                cluster.kill(node);
-                cluster.set_failpoints(node, Some(&format!("{point}={skip}*off->{action}")));
-            }
-            cluster.start_node(node);
-            let exit = cluster.wait_exit(node, PROGRESS_TIMEOUT).await;
-            assert!(
-                !exit.success(),
-                "node {node} exited cleanly at crash point {point}"
-            );
-            let log = cluster.log(node);
-            let stopped_as_expected = if *action == "return" {
-                log.contains("crash-stop")
-            } else {
-                log.contains(point)
-            };
-            assert!(
-                stopped_as_expected,
-                "node {node} did not stop at {point}; log tail:\n{}",
-                &log[log.len().saturating_sub(3000)..]
-            );
-            eprintln!("node {node} crashed at {point} ({exit})");
-            cluster.set_failpoints(node, None);
-            cluster.restart(node).await;
-            workload
-                .wait_progress(30, &format!("node {node} back after {point}"))
-                .await;
+            crash_at(&cluster, &workload, n % 3 + 1, point, action, &mut rng).await;
         }
         let report = finish_round(&cluster, workload, "crash-points").await;
         assert!(
