@@ -84,10 +84,16 @@ struct Workload {
 
 impl Workload {
     /// Starts `CLIENTS_PER_NODE` clients per node, each pinned to its node, on fresh keys
-    /// `{prefix}-0..KEYS` (so every round's history starts from absent keys).
-    fn start(cluster: &Cluster, prefix: &str, seed: u64) -> Workload {
+    /// named after `prefix` (so every round's history starts from absent keys), spread evenly
+    /// over the regions (so every region sees writes).
+    async fn start(cluster: &Cluster, prefix: &str, seed: u64) -> Workload {
         let recorder = Arc::new(Recorder::new());
-        let keys: Vec<String> = (0..KEYS).map(|k| format!("{prefix}-{k}")).collect();
+        let regions = cluster.status(1).await.expect("status of node 1").regions;
+        let keys: Vec<String> =
+            common::keys_covering_regions(&regions, prefix, KEYS / regions.len())
+                .into_values()
+                .flatten()
+                .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
@@ -571,7 +577,7 @@ async fn run_scenario_test(scenario: Scenario, seed: u64) {
     let cluster = Cluster::start(3, cluster_options(BTreeMap::new())).await;
     cluster.wait_ready().await;
     let mut rng = StdRng::seed_from_u64(seed);
-    let workload = Workload::start(&cluster, &format!("{scenario:?}"), seed);
+    let workload = Workload::start(&cluster, &format!("{scenario:?}"), seed).await;
     run_nemesis(&cluster, &workload, scenario, &mut rng).await;
     let report = finish_round(&cluster, workload, &format!("{scenario:?}")).await;
     eprintln!("{scenario:?} (seed {seed}): {report:?}");
@@ -638,7 +644,7 @@ fn broken_read_path_is_caught() {
         let cluster = Cluster::start(3, cluster_options(failpoints)).await;
         cluster.wait_ready().await;
         let mut rng = StdRng::seed_from_u64(seed_or(21));
-        let workload = Workload::start(&cluster, "broken", 21);
+        let workload = Workload::start(&cluster, "broken", 21).await;
         run_nemesis(&cluster, &workload, Scenario::IsolatedLeader, &mut rng).await;
         let report = finish_round(&cluster, workload, "broken").await;
         match &report.verdict {
@@ -748,7 +754,7 @@ fn crash_points_restart_consistent() {
         let cluster = Cluster::start(3, cluster_options(BTreeMap::new())).await;
         cluster.wait_ready().await;
         let mut rng = StdRng::seed_from_u64(seed);
-        let workload = Workload::start(&cluster, "crash", seed);
+        let workload = Workload::start(&cluster, "crash", seed).await;
         workload.wait_progress(30, "before the first crash").await;
         for (n, (point, action)) in CRASH_POINTS.iter().enumerate() {
             crash_at(&cluster, &workload, n % 3 + 1, point, action, &mut rng).await;
@@ -808,7 +814,7 @@ fn soak() {
             round += 1;
             let scenario = ALL_SCENARIOS[rng.random_range(0..ALL_SCENARIOS.len())];
             let round_seed = rng.random::<u64>();
-            let workload = Workload::start(&cluster, &format!("r{round}"), round_seed);
+            let workload = Workload::start(&cluster, &format!("r{round}"), round_seed).await;
             let mut round_rng = StdRng::seed_from_u64(round_seed);
             run_nemesis(&cluster, &workload, scenario, &mut round_rng).await;
             let label = format!("round-{round}-{scenario:?}");
