@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::server::{Limits, Node, NodeConfig};
+use crate::server::{Limits, Membership, Node, NodeConfig};
 use crate::transport::tls;
 
 pub struct DemoConfig {
@@ -29,8 +29,10 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
     for (i, http_port) in DEMO_HTTP_PORTS.iter().enumerate() {
         let store_id = i as u64 + 1;
         let node_cfg = NodeConfig {
-            store_id,
-            cluster: cluster.clone(),
+            membership: Membership::Static {
+                store_id,
+                cluster: cluster.clone(),
+            },
             http_addr: format!("{}:{http_port}", cfg.host).parse()?,
             data_dir: cfg.data_dir.join(format!("node{store_id}")),
             initial_regions: cfg.initial_regions,

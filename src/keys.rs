@@ -7,8 +7,6 @@
 //! * raft log (`raft` CF): `region_id_be(8) ++ index_be(8)`.
 //! * per-region state (`meta` CF): `kind(1) ++ region_id_be(8)`.
 
-use xxhash_rust::xxh3::xxh3_64;
-
 /// Prefix byte of every data key.
 pub const DATA_PREFIX: u8 = b'd';
 
@@ -17,10 +15,12 @@ const APPLY_STATE_KIND: u8 = 0x02;
 const REGION_STATE_KIND: u8 = 0x03;
 /// The single key holding this node's store identity.
 pub const STORE_IDENT_KEY: &[u8] = b"\x00store_ident";
+/// The cluster id (from placement) this data dir belongs to.
+pub const CLUSTER_ID_KEY: &[u8] = b"\x00cluster_id";
 
 /// The ring position of a user key: xxh3-64 with seed 0. Part of the on-disk format.
 pub fn key_hash(user_key: &[u8]) -> u64 {
-    xxh3_64(user_key)
+    ringkv_proto::key_hash(user_key)
 }
 
 /// The RocksDB key of a user key.

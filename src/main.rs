@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ringkv::server::{Limits, Node, NodeConfig};
+use ringkv::server::{Limits, Membership, Node, NodeConfig};
 use ringkv::transport::tls;
 
 #[derive(Parser)]
@@ -20,32 +20,70 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup; boxing the largest variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run one node of a statically configured cluster.
+    /// Run one node: of a cluster managed by placement (--placement), or of a static one
+    /// (--id with --cluster).
     Node(NodeArgs),
     /// Run a 3-node cluster in this process (HTTP on 12380, 22380, 32380).
     Demo(DemoArgs),
     /// Create a cluster CA and node certificates (keeps existing files).
     Certs(CertsArgs),
+    /// Run the placement service (store and region registry, id allocator).
+    Placement(PlacementArgs),
+}
+
+#[derive(Args)]
+struct PlacementArgs {
+    /// gRPC address nodes and clients talk to.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    listen: SocketAddr,
+    /// HTTP address for /status and /metrics.
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    http_addr: SocketAddr,
+    /// Where placement keeps its durable state.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Replicas every region should have.
+    #[arg(long, default_value_t = 3)]
+    max_replicas: u32,
+    /// Seconds without a heartbeat after which a store counts as down.
+    #[arg(long, default_value_t = 1800)]
+    max_store_down_time_secs: u64,
 }
 
 #[derive(Args)]
 struct NodeArgs {
-    /// This node's store id: its 1-based position in --cluster.
+    /// Placement service address (host:port); the store id comes from placement and is kept
+    /// in --data-dir.
+    #[arg(long, conflicts_with_all = ["id", "cluster"], requires = "raft_addr")]
+    placement: Option<String>,
+    /// This node's raft (QUIC/UDP) address, with --placement.
     #[arg(long)]
-    id: u64,
-    /// Raft (QUIC) addresses of all nodes in id order, comma-separated: host:port or
-    /// quic://host:port.
-    #[arg(long, value_delimiter = ',', required = true)]
+    raft_addr: Option<SocketAddr>,
+    /// Milliseconds between heartbeats to placement.
+    #[arg(long, default_value_t = 10_000)]
+    placement_heartbeat_ms: u64,
+    /// Static cluster: this node's store id, its 1-based position in --cluster.
+    #[arg(long, requires = "cluster")]
+    id: Option<u64>,
+    /// Static cluster: raft (QUIC) addresses of all nodes in id order, comma-separated:
+    /// host:port or quic://host:port.
+    #[arg(long, value_delimiter = ',', requires = "id")]
     cluster: Vec<String>,
+    /// Which certificate of --certs-dir to use: NAME.pem and NAME.key (default node-{id} for a
+    /// static cluster; required with --placement and --certs-dir).
+    #[arg(long)]
+    cert_name: Option<String>,
     /// Address for the client HTTP API.
     #[arg(long, default_value = "127.0.0.1:12380")]
     http_addr: SocketAddr,
     /// Directory for this node's RocksDB and snapshots.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Directory with ca.pem and node-{id}.pem/.key (see `ringkv certs`).
+    /// Directory with ca.pem and the node certificates (see `ringkv certs`).
     #[arg(long, conflicts_with_all = ["ca_cert", "cert", "key"])]
     certs_dir: Option<PathBuf>,
     /// Cluster CA certificate (PEM); with --cert and --key instead of --certs-dir.
@@ -123,9 +161,33 @@ fn parse_cluster(cluster: &[String]) -> Result<Vec<SocketAddr>, String> {
 }
 
 async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let cluster = parse_cluster(&args.cluster)?;
+    let membership = match (&args.placement, args.id, args.raft_addr) {
+        (Some(endpoint), None, Some(raft_addr)) => Membership::Placement {
+            endpoint: endpoint.clone(),
+            raft_addr,
+            heartbeat_interval: Duration::from_millis(args.placement_heartbeat_ms.max(10)),
+        },
+        (None, Some(id), _) => Membership::Static {
+            store_id: id,
+            cluster: parse_cluster(&args.cluster)?,
+        },
+        _ => {
+            return Err(
+                "give --placement with --raft-addr, or --id with --cluster (a static cluster)"
+                    .into(),
+            )
+        }
+    };
+    let cert_name = match (&args.cert_name, args.id) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(id)) => Some(format!("node-{id}")),
+        (None, None) => None,
+    };
     let material = match (&args.certs_dir, &args.ca_cert, &args.cert, &args.key) {
-        (Some(dir), _, _, _) => tls::load_node_material(dir, args.id)?,
+        (Some(dir), _, _, _) => {
+            let name = cert_name.ok_or("with --placement and --certs-dir, give --cert-name")?;
+            tls::load_named_material(dir, &name)?
+        }
         (None, Some(ca), Some(cert), Some(key)) => tls::TlsMaterial::from_files(ca, cert, key)?,
         _ => return Err("give --certs-dir, or --ca-cert with --cert and --key".into()),
     };
@@ -133,8 +195,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--election-ticks must be greater than --heartbeat-ticks".into());
     }
     let cfg = NodeConfig {
-        store_id: args.id,
-        cluster,
+        membership,
         http_addr: args.http_addr,
         data_dir: args.data_dir,
         initial_regions: args.initial_regions.max(1),
@@ -152,6 +213,28 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node = Node::start(cfg, material).await?;
     wait_for_signal().await;
     node.shutdown().await;
+    Ok(())
+}
+
+async fn run_placement(args: PlacementArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.max_replicas == 0 {
+        return Err("--max-replicas must be at least 1".into());
+    }
+    let running = ringkv_placement::start(
+        ringkv_placement::ServeConfig {
+            listen: args.listen,
+            http_addr: Some(args.http_addr),
+            data_dir: args.data_dir,
+            placement: ringkv_placement::PlacementConfig {
+                max_replicas: args.max_replicas,
+                max_store_down_time: Duration::from_secs(args.max_store_down_time_secs),
+            },
+        },
+        ringkv::server::metrics_handle(),
+    )
+    .await?;
+    wait_for_signal().await;
+    running.shutdown().await;
     Ok(())
 }
 
@@ -206,6 +289,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(args).await,
+            Command::Placement(args) => run_placement(args).await,
             Command::Demo(args) => {
                 ringkv::demo::run(ringkv::demo::DemoConfig {
                     data_dir: args.data_dir,

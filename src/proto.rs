@@ -1,13 +1,3 @@
-//! Protobuf messages generated from `proto/` at build time (see build.rs).
+//! Protobuf messages and gRPC services, generated in the `ringkv-proto` crate (`proto/`).
 
-#![allow(clippy::all, missing_docs)]
-
-pub mod metapb {
-    include!(concat!(env!("OUT_DIR"), "/metapb.rs"));
-}
-pub mod kvpb {
-    include!(concat!(env!("OUT_DIR"), "/kvpb.rs"));
-}
-pub mod raft_serverpb {
-    include!(concat!(env!("OUT_DIR"), "/raft_serverpb.rs"));
-}
+pub use ringkv_proto::{kvpb, metapb, placementpb, raft_serverpb};

@@ -1,1 +1,19 @@
-//! ringkv placement service: grows into the store/region registry and scheduler (see issue 3).
+//! ringkv's placement service (TiKV's PD is the reference): the registry of stores and of the
+//! regions on the hash ring, the cluster-wide id allocator, and — as the placement issue
+//! grows — the scheduler whose operators region leaders carry out through raft.
+//!
+//! * `state` — the cluster as placement knows it; what survives a restart and what does not;
+//!   the rules that keep it from going backwards.
+//! * `storage` — the durable state file (atomic replace).
+//! * `service` — the gRPC `Placement` service over the state.
+//! * `server` — runs gRPC plus `/status` and `/metrics` over HTTP.
+
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod storage;
+
+pub use error::PlacementError;
+pub use server::{start, RunningPlacement, ServeConfig};
+pub use state::{ClusterState, PlacementConfig};

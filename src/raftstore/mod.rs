@@ -106,7 +106,7 @@ impl RaftStore {
         check_store_ident(&engine, cfg.store_id)?;
         prepare_snap_dir(&cfg.snap_dir)?;
         let mut persisted = PersistedRegion::load_all(&engine)?;
-        if persisted.is_empty() {
+        if persisted.is_empty() && !initial_regions.is_empty() {
             persisted = bootstrap(&engine, initial_regions)?;
         }
         let pollers = cfg.pollers.max(1);
@@ -205,6 +205,71 @@ fn prepare_snap_dir(dir: &std::path::Path) -> Result<(), StoreError> {
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
     std::fs::create_dir_all(dir).map_err(io)
+}
+
+/// The regions persisted in `engine` (tombstones included).
+pub fn stored_regions(engine: &Engine) -> Result<Vec<Region>, StoreError> {
+    Ok(PersistedRegion::load_all(engine)?
+        .into_iter()
+        .filter_map(|r| r.region_state.region)
+        .collect())
+}
+
+/// Writes `regions` as freshly bootstrapped (synced), before placement is told about them.
+pub fn bootstrap_regions(engine: &Engine, regions: Vec<Region>) -> Result<(), StoreError> {
+    bootstrap(engine, regions).map(drop)
+}
+
+/// Undoes [`bootstrap_regions`] for regions nothing ever used (another store won the race to
+/// bootstrap the cluster).
+pub fn clear_bootstrapped(engine: &Engine, regions: &[Region]) -> Result<(), StoreError> {
+    let mut batch = engine.batch();
+    for region in regions {
+        for key in [
+            keys::region_state_key(region.id),
+            keys::raft_state_key(region.id),
+            keys::apply_state_key(region.id),
+        ] {
+            batch.delete(engine, crate::engine::CF_META, &key)?;
+        }
+    }
+    engine.write(batch, true)?;
+    Ok(())
+}
+
+/// The store id and cluster id recorded in this data dir, if any.
+pub fn stored_ident(engine: &Engine) -> Result<(Option<u64>, Option<u64>), StoreError> {
+    let read = |key: &[u8], what: &str| -> Result<Option<u64>, StoreError> {
+        match engine.get(crate::engine::CF_META, key)? {
+            None => Ok(None),
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+                .map(|b| Some(u64::from_be_bytes(b)))
+                .map_err(|_| EngineError::Corruption(what.into()).into()),
+        }
+    };
+    Ok((
+        read(keys::STORE_IDENT_KEY, "store ident")?,
+        read(keys::CLUSTER_ID_KEY, "cluster id")?,
+    ))
+}
+
+/// Records which store and cluster this data dir belongs to (synced).
+pub fn write_ident(engine: &Engine, store_id: u64, cluster_id: u64) -> Result<(), StoreError> {
+    let mut batch = engine.batch();
+    batch.put(
+        engine,
+        crate::engine::CF_META,
+        keys::STORE_IDENT_KEY,
+        &store_id.to_be_bytes(),
+    )?;
+    batch.put(
+        engine,
+        crate::engine::CF_META,
+        keys::CLUSTER_ID_KEY,
+        &cluster_id.to_be_bytes(),
+    )?;
+    engine.write(batch, true)?;
+    Ok(())
 }
 
 fn bootstrap(engine: &Engine, regions: Vec<Region>) -> Result<Vec<PersistedRegion>, StoreError> {

@@ -21,11 +21,24 @@ use crate::transport::{ForwardHandler, Transport};
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(20);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
+/// Finds which store leads the region holding a hash when this node has no replica of it
+/// (placement, through a cache).
+pub trait RegionLocator: Send + Sync + 'static {
+    /// The store of the leader of the region holding `hash`, if known.
+    fn leader_store(
+        &self,
+        hash: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>>;
+    /// Forgets what is cached about `hash` (the answer led nowhere).
+    fn invalidate(&self, hash: u64);
+}
+
 pub struct KvService {
     store_id: u64,
     router: Arc<Router>,
     engine: Engine,
     transport: OnceLock<Transport>,
+    locator: OnceLock<Arc<dyn RegionLocator>>,
     request_timeout: Duration,
     next_request_id: AtomicU64,
 }
@@ -42,6 +55,7 @@ impl KvService {
             router,
             engine,
             transport: OnceLock::new(),
+            locator: OnceLock::new(),
             request_timeout,
             // Unique per store; the apply path also checks (term, index), so ids only need
             // to be unique among one leader's in-flight proposals.
@@ -51,6 +65,10 @@ impl KvService {
 
     pub fn set_transport(&self, transport: Transport) {
         let _ = self.transport.set(transport);
+    }
+
+    pub fn set_locator(&self, locator: Arc<dyn RegionLocator>) {
+        let _ = self.locator.set(locator);
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -67,8 +85,27 @@ impl KvService {
     pub async fn execute(&self, request: KvRequest) -> KvResponse {
         let deadline = Instant::now() + self.request_timeout;
         let mut backoff = RETRY_BACKOFF_START;
+        let hash = request_key(&request).map(keys::key_hash);
         loop {
-            let mut response = self.execute_local(&request, deadline).await;
+            let mut response = match (hash, self.locator.get()) {
+                // No replica here: ask where the leader is and go there.
+                (Some(hash), Some(locator)) if self.router.region_for_hash(hash).is_none() => {
+                    match locator.leader_store(hash).await {
+                        Some(store_id) if store_id != self.store_id => {
+                            let response = self.forward(store_id, &request, deadline).await;
+                            if is_retryable(&response) {
+                                locator.invalidate(hash);
+                            }
+                            response
+                        }
+                        _ => {
+                            locator.invalidate(hash);
+                            raftstore::server_is_busy("no known leader for the key's region", 100)
+                        }
+                    }
+                }
+                _ => self.execute_local(&request, deadline).await,
+            };
             if let Some(store_id) = leader_elsewhere(&response, self.store_id) {
                 response = self.forward(store_id, &request, deadline).await;
             }
@@ -118,14 +155,12 @@ impl KvService {
         let Some(op) = &request.op else {
             return raftstore::other_error("request has no operation".into());
         };
-        let key = match op {
-            kv_request::Op::Get(get) => &get.key,
-            kv_request::Op::Put(put) => &put.key,
-            kv_request::Op::Delete(delete) => &delete.key,
-            kv_request::Op::Cas(cas) => &cas.key,
+        let Some(key) = request_key(request) else {
+            return raftstore::other_error("request has no operation".into());
         };
         let Some(region) = self.router.region_for_hash(keys::key_hash(key)) else {
-            return raftstore::other_error("no region on this store holds the key".into());
+            // Region id 0: none here holds the key (a stale route; the caller looks again).
+            return raftstore::region_not_found(0);
         };
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -219,6 +254,15 @@ impl KvService {
     }
 }
 
+fn request_key(request: &KvRequest) -> Option<&[u8]> {
+    Some(match request.op.as_ref()? {
+        kv_request::Op::Get(get) => &get.key,
+        kv_request::Op::Put(put) => &put.key,
+        kv_request::Op::Delete(delete) => &delete.key,
+        kv_request::Op::Cas(cas) => &cas.key,
+    })
+}
+
 fn is_write(request: &KvRequest) -> bool {
     !matches!(request.op, Some(kv_request::Op::Get(_)) | None)
 }
@@ -249,6 +293,7 @@ fn is_retryable(response: &KvResponse) -> bool {
             region_error::Error::NotLeader(_)
                 | region_error::Error::ServerIsBusy(_)
                 | region_error::Error::EpochNotMatch(_)
+                | region_error::Error::RegionNotFound(_)
         )
     )
 }

@@ -3,10 +3,12 @@
 
 mod http;
 mod kv;
+pub mod placement;
 
 pub use http::{collect_region_status, percent_decode_strict, Limits};
-pub use kv::KvService;
+pub use kv::{KvService, RegionLocator};
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -21,12 +23,27 @@ use crate::raftstore::{PeerMsg, RaftSender, RaftStore, Router, StoreConfig};
 use crate::region::static_bootstrap_regions;
 use crate::transport::{tls::TlsMaterial, RaftInbox, Transport, TransportConfig};
 
+/// How a node learns who is in the cluster.
+#[derive(Clone, Debug)]
+pub enum Membership {
+    /// A fixed list: store `i + 1` listens for raft at `cluster[i]` (raftexample's way).
+    Static {
+        store_id: u64,
+        cluster: Vec<SocketAddr>,
+    },
+    /// The placement service at `endpoint` hands out the store id and knows every store.
+    Placement {
+        endpoint: String,
+        raft_addr: SocketAddr,
+        /// Seconds between heartbeats to placement.
+        heartbeat_interval: Duration,
+    },
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    pub store_id: u64,
-    /// Raft (QUIC) addresses of every store, store `i + 1` at index `i`.
-    pub cluster: Vec<SocketAddr>,
+    pub membership: Membership,
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub initial_regions: u64,
@@ -41,8 +58,13 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn raft_addr(&self) -> Option<SocketAddr> {
-        let index = usize::try_from(self.store_id.checked_sub(1)?).ok()?;
-        self.cluster.get(index).copied()
+        match &self.membership {
+            Membership::Static { store_id, cluster } => {
+                let index = usize::try_from(store_id.checked_sub(1)?).ok()?;
+                cluster.get(index).copied()
+            }
+            Membership::Placement { raft_addr, .. } => Some(*raft_addr),
+        }
     }
 }
 
@@ -69,6 +91,8 @@ pub enum NodeError {
         path: String,
         source: std::io::Error,
     },
+    #[error("placement: {0}")]
+    Placement(String),
 }
 
 /// Delivers the transport's incoming messages to the router once the store has started
@@ -147,12 +171,18 @@ pub struct Node {
     store: RaftStore,
     transport: Transport,
     http: JoinHandle<()>,
+    heartbeats: Option<JoinHandle<()>>,
     http_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Node {
     pub async fn start(cfg: NodeConfig, tls: TlsMaterial) -> Result<Node, NodeError> {
-        let raft_addr = cfg.raft_addr().ok_or(NodeError::NoRaftAddr(cfg.store_id))?;
+        let raft_addr = match &cfg.membership {
+            Membership::Static { store_id, .. } => {
+                cfg.raft_addr().ok_or(NodeError::NoRaftAddr(*store_id))?
+            }
+            Membership::Placement { raft_addr, .. } => *raft_addr,
+        };
         let data_dir_error = |source| NodeError::DataDir {
             path: cfg.data_dir.display().to_string(),
             source,
@@ -165,17 +195,36 @@ impl Node {
         })?;
         let snap_dir = cfg.data_dir.join("snap");
 
+        // Who we are, whom we know, and which regions a new cluster starts with.
+        let (store_id, store_addrs, initial, link) = match &cfg.membership {
+            Membership::Static { store_id, cluster } => {
+                let store_ids: Vec<u64> = (1..=cluster.len() as u64).collect();
+                let addrs: HashMap<u64, SocketAddr> = cluster
+                    .iter()
+                    .enumerate()
+                    .map(|(i, addr)| (i as u64 + 1, *addr))
+                    .collect();
+                let initial = static_bootstrap_regions(cfg.initial_regions.max(1), &store_ids);
+                (*store_id, addrs, initial, None)
+            }
+            Membership::Placement { endpoint, .. } => {
+                let link = placement::PlacementLink::connect(endpoint).await?;
+                let advertised = placement::Advertised {
+                    raft_addr: raft_addr.to_string(),
+                    http_addr: cfg.http_addr.to_string(),
+                };
+                let store_id =
+                    placement::join(&link, &engine, &advertised, cfg.initial_regions).await?;
+                let addrs = HashMap::from([(store_id, raft_addr)]);
+                (store_id, addrs, Vec::new(), Some(link))
+            }
+        };
+
         let inbox = Arc::new(RouterInbox::default());
         let forward = Arc::new(LateForwardHandler::default());
-        let store_addrs = cfg
-            .cluster
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| (i as u64 + 1, *addr))
-            .collect();
         let transport = Transport::start(
             TransportConfig {
-                store_id: cfg.store_id,
+                store_id,
                 listen_addr: raft_addr,
                 store_addrs,
                 tls,
@@ -187,31 +236,49 @@ impl Node {
         )
         .await?;
 
-        let mut store_cfg = StoreConfig::new(cfg.store_id, snap_dir);
+        let mut store_cfg = StoreConfig::new(store_id, snap_dir);
         store_cfg.raft_tick_ms = cfg.raft_tick_ms;
         store_cfg.election_ticks = cfg.election_ticks;
         store_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
         store_cfg.raft_log_gc_threshold = cfg.raft_log_gc_threshold;
         store_cfg.pollers = cfg.pollers;
-        let store_ids: Vec<u64> = (1..=cfg.cluster.len() as u64).collect();
-        let initial = static_bootstrap_regions(cfg.initial_regions.max(1), &store_ids);
         let sender = Arc::new(TransportSender(transport.clone()));
         let store = RaftStore::start(store_cfg, engine.clone(), initial, sender)?;
         let _ = inbox.0.set(store.router.clone());
 
         let kv = Arc::new(KvService::new(
-            cfg.store_id,
+            store_id,
             store.router.clone(),
             engine,
             cfg.request_timeout,
         ));
         kv.set_transport(transport.clone());
         let _ = forward.0.set(kv::ForwardedRequests(kv.clone()));
+        let heartbeats = match (&cfg.membership, link) {
+            (
+                Membership::Placement {
+                    heartbeat_interval, ..
+                },
+                Some(link),
+            ) => {
+                let locator = Arc::new(placement::PlacementLocator::new(link.clone()));
+                kv.set_locator(locator.clone());
+                Some(tokio::spawn(placement::heartbeat_loop(
+                    link,
+                    store_id,
+                    kv.clone(),
+                    transport.clone(),
+                    locator,
+                    *heartbeat_interval,
+                )))
+            }
+            _ => None,
+        };
 
         let state = http::HttpState {
             kv,
             limits: cfg.limits,
-            store_id: cfg.store_id,
+            store_id,
             raft_addr: raft_addr.to_string(),
             metrics: metrics_handle(),
         };
@@ -235,14 +302,15 @@ impl Node {
                 tracing::error!(%err, "HTTP server stopped");
             }
         });
-        tracing::info!(store = cfg.store_id, %http_addr, %raft_addr, "node started");
+        tracing::info!(store = store_id, %http_addr, %raft_addr, "node started");
         Ok(Node {
-            store_id: cfg.store_id,
+            store_id,
             http_addr,
             raft_addr,
             store,
             transport,
             http,
+            heartbeats,
             http_shutdown: Some(http_shutdown),
         })
     }
@@ -252,6 +320,9 @@ impl Node {
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.http_shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(heartbeats) = self.heartbeats.take() {
+            heartbeats.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.http).await;
         let mut store = self.store;

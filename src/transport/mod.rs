@@ -164,7 +164,8 @@ pub struct Transport {
 /// State shared by the public handle and every task.
 struct Shared {
     store_id: u64,
-    store_addrs: HashMap<u64, SocketAddr>,
+    /// Where each store listens; grows and changes as placement reports stores.
+    store_addrs: parking_lot::RwLock<HashMap<u64, SocketAddr>>,
     snap_dir: PathBuf,
     queue_capacity: usize,
     local_addr: SocketAddr,
@@ -225,7 +226,7 @@ impl Transport {
 
         let shared = Arc::new(Shared {
             store_id: cfg.store_id,
-            store_addrs: cfg.store_addrs,
+            store_addrs: parking_lot::RwLock::new(cfg.store_addrs),
             snap_dir: cfg.snap_dir,
             queue_capacity: cfg.queue_capacity,
             local_addr,
@@ -293,7 +294,7 @@ impl Transport {
 
     /// Creates the queue and sender task of a store on its first message.
     fn start_queue(&self, queues: &mut Queues, store_id: u64, msg: RaftMessage) -> Enqueued {
-        if !self.shared.store_addrs.contains_key(&store_id) {
+        if !self.shared.store_addrs.read().contains_key(&store_id) {
             if queues.warned_unknown.insert(store_id) {
                 tracing::warn!(
                     store_id,
@@ -351,6 +352,25 @@ impl Transport {
         })
     }
 
+    /// Learns (or updates) where `store_id` listens. A changed address drops the cached
+    /// connection, so the next use dials the new one.
+    pub fn set_store_addr(&self, store_id: u64, addr: SocketAddr) {
+        let previous = self.shared.store_addrs.write().insert(store_id, addr);
+        if previous == Some(addr) {
+            return;
+        }
+        tracing::info!(store_id, %addr, "store address learned");
+        self.shared.queues.lock().warned_unknown.remove(&store_id);
+        if previous.is_some() {
+            self.shared.connections.lock().remove(&store_id);
+        }
+    }
+
+    /// True when the transport knows where `store_id` listens.
+    pub fn knows_store(&self, store_id: u64) -> bool {
+        self.shared.store_addrs.read().contains_key(&store_id)
+    }
+
     /// The address the endpoint is bound to (resolves port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
@@ -388,6 +408,7 @@ impl Shared {
     async fn connection_to(&self, store_id: u64) -> Result<quinn::Connection, TransportError> {
         let addr = *self
             .store_addrs
+            .read()
             .get(&store_id)
             .ok_or(TransportError::UnknownStore(store_id))?;
         let slot = Arc::clone(self.connections.lock().entry(store_id).or_default());

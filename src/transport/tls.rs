@@ -332,6 +332,16 @@ pub fn load_node_material(dir: &Path, node_id: u64) -> Result<TlsMaterial> {
     TlsMaterial::from_files(&ca_cert_path, &cert_path, &key_path)
 }
 
+/// Reads `ca.pem` plus `{name}.pem` / `{name}.key` from `dir` (e.g. `name` = `node-2`).
+pub fn load_named_material(dir: &Path, name: &str) -> Result<TlsMaterial> {
+    let (ca_cert_path, _) = ca_paths(dir);
+    TlsMaterial::from_files(
+        &ca_cert_path,
+        &dir.join(format!("{name}.pem")),
+        &dir.join(format!("{name}.key")),
+    )
+}
+
 fn node_name(node_id: u64) -> String {
     format!("ringkv-node-{node_id}")
 }

@@ -140,6 +140,24 @@ pub struct ClusterOptions {
     /// `FAILPOINTS` for a node's first start (node id → spec); needs a binary built with the
     /// `failpoints` feature.
     pub failpoints: BTreeMap<usize, String>,
+    /// Run a `ringkv placement` process and start nodes with `--placement` (store ids then
+    /// come from placement: use `/status` to map harness node numbers to store ids).
+    pub placement: bool,
+    /// How many nodes `Cluster::start` starts (the rest with [`Cluster::restart`]); all if
+    /// `None`.
+    pub initial_nodes: Option<usize>,
+}
+
+/// Milliseconds between a node's heartbeats to placement in tests.
+const PLACEMENT_HEARTBEAT_MS: u64 = 300;
+
+/// The placement process of a cluster started with [`ClusterOptions::placement`].
+struct PlacementProc {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    process: Mutex<Option<Child>>,
 }
 
 /// One region as a node's `/status` reports it.
@@ -575,12 +593,7 @@ impl Node {
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let Ok(bytes) = fs::read(&self.log_path) else {
-            return format!("(no log at {})", self.log_path.display());
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail_of(&self.log_path, lines)
     }
 }
 
@@ -598,6 +611,7 @@ pub struct Cluster {
     raft_addrs: Vec<SocketAddr>,
     /// (from, to) → the relay node `from` reaches node `to` through; empty without relays.
     relays: BTreeMap<(usize, usize), relay::Relay>,
+    placement: Option<PlacementProc>,
     nodes: Vec<Node>,
     http: reqwest::Client,
 }
@@ -669,15 +683,30 @@ impl Cluster {
                 }
             }
         }
+        let placement = opts.placement.then(|| {
+            let (ports, _) = pick_free_ports(2);
+            PlacementProc {
+                grpc_addr: ports[0],
+                http_addr: ports[1],
+                data_dir: dir.path().join("placement"),
+                log_path: dir.path().join("placement.log"),
+                process: Mutex::new(None),
+            }
+        });
+        let initial_nodes = opts.initial_nodes.unwrap_or(node_count);
         let cluster = Cluster {
             dir,
             opts,
             raft_addrs,
             relays,
+            placement,
             nodes,
             http,
         };
-        for id in cluster.node_ids() {
+        if cluster.placement.is_some() {
+            cluster.spawn_placement();
+        }
+        for id in 1..=initial_nodes {
             cluster.spawn_node(id);
         }
         cluster
@@ -710,8 +739,77 @@ impl Cluster {
         self.dir.path()
     }
 
+    fn placement_proc(&self) -> &PlacementProc {
+        self.placement
+            .as_ref()
+            .expect("the cluster runs no placement: start it with placement: true")
+    }
+
+    /// Starts the placement process (same data dir every time), logging to `placement.log`.
+    fn spawn_placement(&self) {
+        let placement = self.placement_proc();
+        let mut process = lock(&placement.process);
+        assert!(process.is_none(), "placement is already running");
+        let args = vec![
+            "placement".to_owned(),
+            "--listen".to_owned(),
+            placement.grpc_addr.to_string(),
+            "--http-addr".to_owned(),
+            placement.http_addr.to_string(),
+            "--data-dir".to_owned(),
+            placement.data_dir.display().to_string(),
+        ];
+        *process = Some(spawn_logged(&args, &placement.log_path, None));
+    }
+
+    /// SIGKILLs placement.
+    pub fn kill_placement(&self) {
+        let placement = self.placement_proc();
+        let mut child = lock(&placement.process)
+            .take()
+            .expect("kill_placement: placement is not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts placement again and waits until it answers `/health`.
+    pub async fn restart_placement(&self) {
+        self.spawn_placement();
+        let url = format!("http://{}/health", self.placement_proc().http_addr);
+        wait_until(
+            "placement to answer /health",
+            WAIT_TIMEOUT,
+            async || match self.http.get(&url).timeout(HEALTH_TIMEOUT).send().await {
+                Ok(response) if response.status().as_u16() == 200 => Ok(()),
+                Ok(response) => Err(format!("status {}", response.status())),
+                Err(error) => Err(error.to_string()),
+            },
+        )
+        .await
+    }
+
+    /// Placement's `/status` (cluster id, stores, regions with their leaders).
+    pub async fn placement_status(&self) -> Result<Value, String> {
+        let url = format!("http://{}/status", self.placement_proc().http_addr);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(HEALTH_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| format!("placement /status is not JSON: {e}"))
+    }
+
     fn node_args(&self, id: usize) -> Vec<String> {
         let node = self.node(id);
+        if let Some(placement) = &self.placement {
+            return self.placement_node_args(id, placement);
+        }
         // Every other node as this node reaches it: through its relay, if there is one.
         let cluster: Vec<String> = self
             .raft_addrs
@@ -770,6 +868,41 @@ impl Cluster {
         args
     }
 
+    fn placement_node_args(&self, id: usize, placement: &PlacementProc) -> Vec<String> {
+        let node = self.node(id);
+        let mut args: Vec<String> = [
+            "node",
+            "--placement",
+            &placement.grpc_addr.to_string(),
+            "--raft-addr",
+            &self.raft_addrs[id - 1].to_string(),
+            "--placement-heartbeat-ms",
+            &PLACEMENT_HEARTBEAT_MS.to_string(),
+            "--http-addr",
+            &node.http_addr.to_string(),
+            "--data-dir",
+            &node.data_dir.display().to_string(),
+            "--certs-dir",
+            &node.certs_dir.display().to_string(),
+            "--cert-name",
+            &format!("node-{id}"),
+            "--raft-tick-ms",
+            &RAFT_TICK_MS.to_string(),
+            "--election-ticks",
+            &ELECTION_TICKS.to_string(),
+            "--request-timeout-ms",
+            &self.opts.request_timeout_ms.unwrap_or(5000).to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(regions) = self.opts.initial_regions {
+            args.push("--initial-regions".to_owned());
+            args.push(regions.to_string());
+        }
+        args
+    }
+
     /// Starts node `id`'s process (same command and data dir every time), appending its
     /// stdout and stderr to its log file.
     fn spawn_node(&self, id: usize) {
@@ -777,42 +910,12 @@ impl Cluster {
         let mut process = lock(&node.process);
         assert!(process.is_none(), "node {id} is already running");
         let args = self.node_args(id);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", node.log_path.display()));
-        writeln!(log, "===== harness: starting {RINGKV} {}", args.join(" "))
-            .expect("writing the node log");
-        let stderr = log.try_clone().expect("cloning the log file handle");
-        let mut command = Command::new(RINGKV);
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info");
-        }
-        // The log is a file: keep it free of terminal color codes.
-        command.env("NO_COLOR", "1");
-        command.env_remove("FAILPOINTS");
-        if let Some(failpoints) = lock(&node.failpoints).as_ref() {
-            command.env("FAILPOINTS", failpoints);
-            writeln!(
-                log_note(&node.log_path),
-                "===== harness: FAILPOINTS={failpoints}"
-            )
-            .expect("writing the node log");
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning node {id} ({RINGKV}): {e}"));
-        *process = Some(child);
+        let failpoints = lock(&node.failpoints).clone();
+        *process = Some(spawn_logged(&args, &node.log_path, failpoints.as_deref()));
     }
 
     async fn wait_all_healthy(&self) -> Result<(), StartFailure> {
-        for id in self.node_ids() {
+        for id in self.running_nodes() {
             self.wait_healthy(id).await?;
         }
         Ok(())
@@ -1216,11 +1319,24 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(placement) = &self.placement {
+            if let Some(mut child) = lock(&placement.process).take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         if !failing {
             return;
         }
         for note in &notes {
             eprintln!("{note}");
+        }
+        if let Some(placement) = &self.placement {
+            eprintln!(
+                "----- last {LOG_TAIL_LINES} lines of placement ({}) -----\n{}",
+                placement.log_path.display(),
+                tail_of(&placement.log_path, LOG_TAIL_LINES)
+            );
         }
         for node in &self.nodes {
             eprintln!(
@@ -1239,12 +1355,42 @@ impl Drop for Cluster {
     }
 }
 
-fn log_note(path: &Path) -> fs::File {
-    OpenOptions::new()
+/// The last `lines` lines of a log file.
+fn tail_of(path: &Path, lines: usize) -> String {
+    let Ok(bytes) = fs::read(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts `ringkv ARGS`, appending its stdout and stderr to `log_path` (with the command line
+/// first), with `FAILPOINTS` set only if given.
+fn spawn_logged(args: &[String], log_path: &Path, failpoints: Option<&str>) -> Child {
+    let mut log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+        .open(log_path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
+    writeln!(log, "===== harness: starting {RINGKV} {}", args.join(" ")).expect("writing a log");
+    let mut command = Command::new(RINGKV);
+    command.args(args).stdin(Stdio::null());
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "info");
+    }
+    // The log is a file: keep it free of terminal color codes.
+    command.env("NO_COLOR", "1");
+    command.env_remove("FAILPOINTS");
+    if let Some(failpoints) = failpoints {
+        command.env("FAILPOINTS", failpoints);
+        writeln!(log, "===== harness: FAILPOINTS={failpoints}").expect("writing a log");
+    }
+    let stderr = log.try_clone().expect("cloning the log file handle");
+    command.stdout(log).stderr(stderr);
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {RINGKV} {}: {e}", args.join(" ")))
 }
 
 fn first_lines(lines: &[String]) -> String {

@@ -1,0 +1,638 @@
+//! The cluster as placement knows it: stores, regions on the hash ring, the id allocator.
+//!
+//! State is split in two. The durable part (cluster id, bootstrap flag, id watermark, store
+//! addresses, region metadata) changes only through [`ClusterState::commit`]: the change is
+//! made on a copy, saved (see `storage`), and only then becomes the live state, so nothing
+//! placement ever answered can be forgotten by a crash. The volatile part (heartbeat times,
+//! statistics, who leads a region) is rebuilt from heartbeats after a restart.
+//!
+//! Nothing goes backwards: a region heartbeat with an older epoch than placement knows, or an
+//! older one than a region overlapping its range, is refused (a split or membership change
+//! placement has seen must not be undone by a late report from before it); so is a leader
+//! report from an older raft term.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ringkv_proto::metapb::{Peer, Region, RegionEpoch, Store};
+use ringkv_proto::placementpb::{
+    PersistedState, PersistedStore, RegionStats, RegionWithLeader, RequestHeader, StoreInfo,
+    StoreState, StoreStats,
+};
+
+use crate::error::{PlacementError, Result};
+use crate::storage::Storage;
+
+/// Ids are persisted as a watermark this far ahead of the last one handed out, so most
+/// allocations need no write; a restart skips the unused rest.
+const ID_BATCH: u64 = 1000;
+
+/// Placement's knobs.
+#[derive(Clone, Debug)]
+pub struct PlacementConfig {
+    /// Replicas every region should have.
+    pub max_replicas: u32,
+    /// A store without a heartbeat for this long is reported down.
+    pub max_store_down_time: Duration,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            max_replicas: 3,
+            max_store_down_time: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// The part of the state that survives a restart.
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    cluster_id: u64,
+    bootstrapped: bool,
+    id_watermark: u64,
+    stores: BTreeMap<u64, PersistedStore>,
+    regions: BTreeMap<u64, Region>,
+    /// start_hash → region id, for every region in `regions`.
+    ring: BTreeMap<u64, u64>,
+}
+
+impl Durable {
+    fn to_proto(&self) -> PersistedState {
+        PersistedState {
+            cluster_id: self.cluster_id,
+            bootstrapped: self.bootstrapped,
+            id_watermark: self.id_watermark,
+            stores: self.stores.values().cloned().collect(),
+            regions: self.regions.values().cloned().collect(),
+        }
+    }
+
+    fn from_proto(state: PersistedState) -> Result<Durable> {
+        let mut durable = Durable {
+            cluster_id: state.cluster_id,
+            bootstrapped: state.bootstrapped,
+            id_watermark: state.id_watermark,
+            ..Durable::default()
+        };
+        for store in state.stores {
+            let id = store.store.as_ref().map_or(0, |s| s.id);
+            durable.stores.insert(id, store);
+        }
+        for region in state.regions {
+            if durable.ring.insert(region.start_hash, region.id).is_some() {
+                return Err(PlacementError::Corrupt(format!(
+                    "two regions start at hash {}",
+                    region.start_hash
+                )));
+            }
+            durable.regions.insert(region.id, region);
+        }
+        Ok(durable)
+    }
+
+    /// Ids of regions whose range overlaps `[start, end)` (end 0 = ring end).
+    fn overlapping(&self, start: u64, end: u64) -> Vec<u64> {
+        let mut ids = vec![];
+        // The region holding `start`, if it starts before it.
+        if let Some((_, &id)) = self.ring.range(..=start).next_back() {
+            if let Some(region) = self.regions.get(&id) {
+                if contains(region, start) {
+                    ids.push(id);
+                }
+            }
+        }
+        let upper = if end == 0 {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end)
+        };
+        for (_, &id) in self.ring.range((Bound::Excluded(start), upper)) {
+            ids.push(id);
+        }
+        ids
+    }
+
+    fn remove_region(&mut self, id: u64) {
+        if let Some(region) = self.regions.remove(&id) {
+            if self.ring.get(&region.start_hash) == Some(&id) {
+                self.ring.remove(&region.start_hash);
+            }
+        }
+    }
+
+    fn insert_region(&mut self, region: Region) {
+        self.ring.insert(region.start_hash, region.id);
+        self.regions.insert(region.id, region);
+    }
+}
+
+/// True when `hash` is in `region`'s range.
+pub fn contains(region: &Region, hash: u64) -> bool {
+    hash >= region.start_hash && (region.end_hash == 0 || hash < region.end_hash)
+}
+
+/// What a region's leader last told placement.
+#[derive(Clone, Debug, Default)]
+struct RegionLive {
+    leader: Option<Peer>,
+    term: u64,
+    stats: RegionStats,
+}
+
+#[derive(Clone, Debug)]
+struct StoreLive {
+    stats: StoreStats,
+    last_heartbeat: Instant,
+}
+
+pub struct ClusterState {
+    config: PlacementConfig,
+    storage: Storage,
+    durable: Durable,
+    /// Next id to hand out; always <= `durable.id_watermark`.
+    next_id: u64,
+    stores_live: HashMap<u64, StoreLive>,
+    regions_live: HashMap<u64, RegionLive>,
+}
+
+impl ClusterState {
+    /// Opens the state in `dir`, creating a new cluster (with a fresh random id) if empty.
+    pub fn open(dir: &Path, config: PlacementConfig) -> Result<ClusterState> {
+        let storage = Storage::open(dir)?;
+        let (durable, fresh) = match storage.load()? {
+            Some(saved) => (Durable::from_proto(saved)?, false),
+            None => {
+                let cluster_id = loop {
+                    let id: u64 = rand::random();
+                    if id != 0 {
+                        break id;
+                    }
+                };
+                let durable = Durable {
+                    cluster_id,
+                    id_watermark: 1,
+                    ..Durable::default()
+                };
+                (durable, true)
+            }
+        };
+        let mut state = ClusterState {
+            config,
+            storage,
+            next_id: durable.id_watermark.max(1),
+            durable,
+            stores_live: HashMap::new(),
+            regions_live: HashMap::new(),
+        };
+        if fresh {
+            state.commit(state.durable.clone())?;
+            tracing::info!(
+                cluster_id = state.durable.cluster_id,
+                "created a new cluster"
+            );
+        } else {
+            tracing::info!(
+                cluster_id = state.durable.cluster_id,
+                stores = state.durable.stores.len(),
+                regions = state.durable.regions.len(),
+                "recovered placement state"
+            );
+        }
+        Ok(state)
+    }
+
+    /// Saves `next` and makes it the live durable state.
+    fn commit(&mut self, next: Durable) -> Result<()> {
+        self.storage.save(&next.to_proto())?;
+        self.durable = next;
+        Ok(())
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.durable.cluster_id
+    }
+
+    pub fn is_bootstrapped(&self) -> bool {
+        self.durable.bootstrapped
+    }
+
+    pub fn config(&self) -> &PlacementConfig {
+        &self.config
+    }
+
+    /// Refuses requests from another cluster (or with no header).
+    pub fn check_header(&self, header: Option<&RequestHeader>) -> Result<()> {
+        let got = header.map_or(0, |h| h.cluster_id);
+        if got != self.durable.cluster_id {
+            return Err(PlacementError::ClusterMismatch {
+                expected: self.durable.cluster_id,
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    fn require_bootstrapped(&self) -> Result<()> {
+        if self.durable.bootstrapped {
+            Ok(())
+        } else {
+            Err(PlacementError::NotBootstrapped)
+        }
+    }
+
+    /// Hands out `count` consecutive ids (at least one); returns the first.
+    pub fn alloc_ids(&mut self, count: u32) -> Result<(u64, u32)> {
+        let count = count.max(1);
+        let first = self.next_id;
+        let end = first + u64::from(count);
+        if end > self.durable.id_watermark {
+            let mut next = self.durable.clone();
+            next.id_watermark = end + ID_BATCH;
+            self.commit(next)?;
+        }
+        self.next_id = end;
+        Ok((first, count))
+    }
+
+    /// True when `id` was handed out by [`Self::alloc_ids`].
+    fn was_allocated(&self, id: u64) -> bool {
+        id != 0 && id < self.next_id
+    }
+
+    fn check_store_fields(&self, store: &Store) -> Result<()> {
+        if !self.was_allocated(store.id) {
+            return Err(PlacementError::Invalid(format!(
+                "store id {} was not allocated by this cluster",
+                store.id
+            )));
+        }
+        if store.raft_addr.is_empty() {
+            return Err(PlacementError::Invalid(format!(
+                "store {} has no raft address",
+                store.id
+            )));
+        }
+        let clash = self.durable.stores.values().find(|other| {
+            let other_store = other.store.as_ref();
+            !other.tombstone
+                && other_store.is_some_and(|o| o.id != store.id && o.raft_addr == store.raft_addr)
+        });
+        if let Some(other) = clash {
+            return Err(PlacementError::Invalid(format!(
+                "raft address {} is already used by store {}",
+                store.raft_addr,
+                other.store.as_ref().map_or(0, |s| s.id)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates the cluster: registers `store` and the first `regions`, which must cover the
+    /// ring in order without gaps, with allocated ids and every peer on `store`.
+    pub fn bootstrap(&mut self, store: Store, regions: Vec<Region>) -> Result<()> {
+        if self.durable.bootstrapped {
+            return Err(PlacementError::AlreadyBootstrapped);
+        }
+        self.check_store_fields(&store)?;
+        if regions.is_empty() {
+            return Err(PlacementError::Invalid("bootstrap needs a region".into()));
+        }
+        let mut sorted = regions;
+        sorted.sort_by_key(|r| r.start_hash);
+        let mut expected_start = 0u64;
+        let mut seen_ids = std::collections::HashSet::new();
+        for (n, region) in sorted.iter().enumerate() {
+            if region.start_hash != expected_start || (n > 0 && region.start_hash == 0) {
+                return Err(PlacementError::Invalid(format!(
+                    "region {} starts at {}, expected {expected_start}: regions must cover the ring in order",
+                    region.id, region.start_hash
+                )));
+            }
+            let last = n + 1 == sorted.len();
+            if last != (region.end_hash == 0) || (!last && region.end_hash <= region.start_hash) {
+                return Err(PlacementError::Invalid(format!(
+                    "region {} ends at {}: only the last region may end at the ring end (0)",
+                    region.id, region.end_hash
+                )));
+            }
+            expected_start = region.end_hash;
+            let ids = std::iter::once(region.id).chain(region.peers.iter().map(|p| p.id));
+            for id in ids {
+                if !self.was_allocated(id) || !seen_ids.insert(id) {
+                    return Err(PlacementError::Invalid(format!(
+                        "id {id} in region {} is not allocated or used twice",
+                        region.id
+                    )));
+                }
+            }
+            if region.peers.is_empty() || region.peers.iter().any(|p| p.store_id != store.id) {
+                return Err(PlacementError::Invalid(format!(
+                    "region {} must have its peers on the bootstrapping store {}",
+                    region.id, store.id
+                )));
+            }
+        }
+        let mut next = self.durable.clone();
+        next.bootstrapped = true;
+        next.stores.insert(
+            store.id,
+            PersistedStore {
+                store: Some(store.clone()),
+                tombstone: false,
+            },
+        );
+        for region in sorted {
+            next.insert_region(region);
+        }
+        self.commit(next)?;
+        tracing::info!(
+            store = store.id,
+            regions = self.durable.regions.len(),
+            "cluster bootstrapped"
+        );
+        Ok(())
+    }
+
+    /// Registers a store or updates its addresses.
+    pub fn put_store(&mut self, store: Store) -> Result<()> {
+        self.require_bootstrapped()?;
+        if let Some(existing) = self.durable.stores.get(&store.id) {
+            if existing.tombstone {
+                return Err(PlacementError::Tombstone(store.id));
+            }
+            if existing.store.as_ref() == Some(&store) {
+                return Ok(());
+            }
+        }
+        self.check_store_fields(&store)?;
+        let mut next = self.durable.clone();
+        let id = store.id;
+        next.stores.insert(
+            id,
+            PersistedStore {
+                store: Some(store),
+                tombstone: false,
+            },
+        );
+        self.commit(next)?;
+        tracing::info!(store = id, "store registered");
+        Ok(())
+    }
+
+    fn live_store(&self, store_id: u64) -> Result<&PersistedStore> {
+        match self.durable.stores.get(&store_id) {
+            None => Err(PlacementError::UnknownStore(store_id)),
+            Some(store) if store.tombstone => Err(PlacementError::Tombstone(store_id)),
+            Some(store) => Ok(store),
+        }
+    }
+
+    pub fn store_heartbeat(
+        &mut self,
+        store_id: u64,
+        stats: StoreStats,
+        now: Instant,
+    ) -> Result<()> {
+        self.require_bootstrapped()?;
+        self.live_store(store_id)?;
+        let was_down = self.stores_live.get(&store_id).is_none_or(|live| {
+            now.duration_since(live.last_heartbeat) > self.config.max_store_down_time
+        });
+        if was_down {
+            tracing::info!(store = store_id, "store up");
+        }
+        self.stores_live.insert(
+            store_id,
+            StoreLive {
+                stats,
+                last_heartbeat: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes a leader's report about its region; see the module docs for what is refused.
+    pub fn region_heartbeat(
+        &mut self,
+        region: Region,
+        leader: Option<Peer>,
+        term: u64,
+        stats: RegionStats,
+    ) -> Result<()> {
+        self.require_bootstrapped()?;
+        let id = region.id;
+        let epoch = region.epoch.unwrap_or_default();
+        if id == 0 || region.peers.is_empty() {
+            return Err(PlacementError::Invalid(format!(
+                "region {id} has no id or no peers"
+            )));
+        }
+        if region.end_hash != 0 && region.end_hash <= region.start_hash {
+            return Err(PlacementError::Invalid(format!(
+                "region {id} has an empty range [{}, {})",
+                region.start_hash, region.end_hash
+            )));
+        }
+        let Some(leader) = leader else {
+            return Err(PlacementError::Invalid(format!(
+                "heartbeat of region {id} names no leader"
+            )));
+        };
+        if !region.peers.contains(&leader) {
+            return Err(PlacementError::Invalid(format!(
+                "region {id}: leader {} is not one of its peers",
+                leader.id
+            )));
+        }
+        for peer in &region.peers {
+            self.live_store(peer.store_id)?;
+        }
+        let mut changed = true;
+        if let Some(known) = self.durable.regions.get(&id) {
+            let known_epoch = known.epoch.unwrap_or_default();
+            if is_older(&epoch, &known_epoch) {
+                return Err(PlacementError::StaleRegion {
+                    region_id: id,
+                    reason: format!(
+                        "epoch {} is older than the known {}",
+                        show_epoch(&epoch),
+                        show_epoch(&known_epoch)
+                    ),
+                });
+            }
+            if epoch == known_epoch {
+                if *known != region {
+                    return Err(PlacementError::Invalid(format!(
+                        "region {id} changed without an epoch change"
+                    )));
+                }
+                changed = false;
+            }
+        }
+        let overlaps: Vec<u64> = self
+            .durable
+            .overlapping(region.start_hash, region.end_hash)
+            .into_iter()
+            .filter(|&other| other != id)
+            .collect();
+        for other in &overlaps {
+            let other_version = self.durable.regions[other]
+                .epoch
+                .unwrap_or_default()
+                .version;
+            if epoch.version < other_version {
+                return Err(PlacementError::StaleRegion {
+                    region_id: id,
+                    reason: format!(
+                        "its range overlaps region {other}, which is newer (version {other_version} > {})",
+                        epoch.version
+                    ),
+                });
+            }
+        }
+        let live = self.regions_live.entry(id).or_default();
+        if term < live.term {
+            return Err(PlacementError::StaleRegion {
+                region_id: id,
+                reason: format!(
+                    "leader report from term {term}, placement has term {}",
+                    live.term
+                ),
+            });
+        }
+        if changed || !overlaps.is_empty() {
+            let mut next = self.durable.clone();
+            for other in &overlaps {
+                next.remove_region(*other);
+            }
+            next.remove_region(id);
+            next.insert_region(region.clone());
+            self.commit(next)?;
+            for other in &overlaps {
+                self.regions_live.remove(other);
+            }
+            tracing::info!(
+                region = id,
+                epoch = %show_epoch(&epoch),
+                replaced = ?overlaps,
+                "region updated"
+            );
+        }
+        let live = self.regions_live.entry(id).or_default();
+        if live.leader.as_ref() != Some(&leader) {
+            tracing::debug!(region = id, leader = leader.id, term, "region leader");
+        }
+        live.leader = Some(leader);
+        live.term = term;
+        live.stats = stats;
+        Ok(())
+    }
+
+    fn with_leader(&self, region: &Region) -> RegionWithLeader {
+        let live = self.regions_live.get(&region.id);
+        RegionWithLeader {
+            region: Some(region.clone()),
+            leader: live.and_then(|l| l.leader),
+            stats: live.map(|l| l.stats),
+        }
+    }
+
+    /// The region holding ring position `hash`.
+    pub fn region_by_hash(&self, hash: u64) -> Result<RegionWithLeader> {
+        self.require_bootstrapped()?;
+        let region = self
+            .durable
+            .ring
+            .range(..=hash)
+            .next_back()
+            .and_then(|(_, id)| self.durable.regions.get(id))
+            .filter(|region| contains(region, hash))
+            .ok_or_else(|| PlacementError::Invalid(format!("no region holds hash {hash}")))?;
+        Ok(self.with_leader(region))
+    }
+
+    pub fn region_by_id(&self, region_id: u64) -> Result<RegionWithLeader> {
+        self.require_bootstrapped()?;
+        let region = self
+            .durable
+            .regions
+            .get(&region_id)
+            .ok_or(PlacementError::UnknownRegion(region_id))?;
+        Ok(self.with_leader(region))
+    }
+
+    /// Regions in ring order from the one holding `start_hash`; `limit` 0 = all.
+    pub fn scan_regions(&self, start_hash: u64, limit: u32) -> Result<Vec<RegionWithLeader>> {
+        self.require_bootstrapped()?;
+        let first_start = self
+            .durable
+            .ring
+            .range(..=start_hash)
+            .next_back()
+            .map_or(0, |(&start, _)| start);
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
+        Ok(self
+            .durable
+            .ring
+            .range(first_start..)
+            .filter_map(|(_, id)| self.durable.regions.get(id))
+            .take(limit)
+            .map(|region| self.with_leader(region))
+            .collect())
+    }
+
+    pub fn store_info(&self, store_id: u64, now: Instant) -> Result<StoreInfo> {
+        let store = self
+            .durable
+            .stores
+            .get(&store_id)
+            .ok_or(PlacementError::UnknownStore(store_id))?;
+        Ok(self.info_of(store, now))
+    }
+
+    pub fn stores(&self, now: Instant) -> Vec<StoreInfo> {
+        self.durable
+            .stores
+            .values()
+            .map(|store| self.info_of(store, now))
+            .collect()
+    }
+
+    fn info_of(&self, store: &PersistedStore, now: Instant) -> StoreInfo {
+        let id = store.store.as_ref().map_or(0, |s| s.id);
+        let live = self.stores_live.get(&id);
+        let since = live.map(|l| now.duration_since(l.last_heartbeat));
+        let state = if store.tombstone {
+            StoreState::Tombstone
+        } else if since.is_some_and(|s| s <= self.config.max_store_down_time) {
+            StoreState::Up
+        } else {
+            StoreState::Down
+        };
+        StoreInfo {
+            store: store.store.clone(),
+            state: state as i32,
+            stats: live.map(|l| l.stats),
+            last_heartbeat_ms_ago: since.map_or(0, |s| s.as_millis() as u64),
+        }
+    }
+
+    pub fn region_count(&self) -> usize {
+        self.durable.regions.len()
+    }
+}
+
+fn is_older(epoch: &RegionEpoch, known: &RegionEpoch) -> bool {
+    epoch.version < known.version || epoch.conf_ver < known.conf_ver
+}
+
+fn show_epoch(epoch: &RegionEpoch) -> String {
+    format!("(conf_ver {}, version {})", epoch.conf_ver, epoch.version)
+}

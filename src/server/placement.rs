@@ -1,0 +1,422 @@
+//! A node's link to the placement service: joining the cluster (store id, registration,
+//! bootstrap of the first regions) and the heartbeats that keep placement's view current.
+//!
+//! KV traffic never waits on placement: after the join, everything here runs in a background
+//! task that logs and retries while placement is away and resumes when it is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::http::collect_region_status;
+use super::kv::KvService;
+use super::NodeError;
+use crate::engine::Engine;
+use crate::proto::metapb::{Peer, Region, RegionEpoch, Store};
+use crate::proto::placementpb::placement_client::PlacementClient;
+use crate::proto::placementpb::{
+    AllocIdRequest, BootstrapRequest, GetAllStoresRequest, GetClusterInfoRequest, PutStoreRequest,
+    RegionHeartbeatRequest, RequestHeader, ScanRegionsRequest, StoreHeartbeatRequest, StoreStats,
+};
+use crate::raftstore;
+use crate::region::split_ring_evenly;
+use crate::transport::Transport;
+
+/// How long the join waits between attempts while placement does not answer.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+/// Bound on one call to placement.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connection to placement that remembers the cluster id; cheap to clone.
+#[derive(Clone)]
+pub struct PlacementLink {
+    client: PlacementClient<Channel>,
+    cluster_id: u64,
+}
+
+fn status_error(what: &str, status: tonic::Status) -> NodeError {
+    NodeError::Placement(format!("{what}: {}", status.message()))
+}
+
+impl PlacementLink {
+    /// Connects to placement at `endpoint` (`host:port` or a URL), waiting until it answers.
+    pub async fn connect(endpoint: &str) -> Result<PlacementLink, NodeError> {
+        let url = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| NodeError::Placement(format!("bad --placement {endpoint:?}: {e}")))?
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let mut client = PlacementClient::new(channel);
+        let mut attempts = 0u64;
+        loop {
+            match client.get_cluster_info(GetClusterInfoRequest {}).await {
+                Ok(info) => {
+                    let cluster_id = info.into_inner().cluster_id;
+                    tracing::info!(cluster_id, placement = %url, "connected to placement");
+                    return Ok(PlacementLink { client, cluster_id });
+                }
+                Err(status) => {
+                    if attempts % 10 == 0 {
+                        tracing::warn!(placement = %url, error = %status.message(), "waiting for placement");
+                    }
+                    attempts += 1;
+                    tokio::time::sleep(JOIN_RETRY).await;
+                }
+            }
+        }
+    }
+
+    fn header(&self) -> Option<RequestHeader> {
+        Some(RequestHeader {
+            cluster_id: self.cluster_id,
+        })
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    async fn alloc_ids(&self, count: u32) -> Result<Vec<u64>, NodeError> {
+        let answer = self
+            .client
+            .clone()
+            .alloc_id(AllocIdRequest {
+                header: self.header(),
+                count,
+            })
+            .await
+            .map_err(|s| status_error("allocating ids", s))?
+            .into_inner();
+        Ok((answer.first_id..answer.first_id + u64::from(answer.count)).collect())
+    }
+
+    async fn bootstrapped(&self) -> Result<bool, NodeError> {
+        Ok(self
+            .client
+            .clone()
+            .get_cluster_info(GetClusterInfoRequest {})
+            .await
+            .map_err(|s| status_error("reading cluster info", s))?
+            .into_inner()
+            .bootstrapped)
+    }
+}
+
+/// Routes keys this node holds no replica of: asks placement which store leads the region
+/// holding a hash, and caches the answer (by hash range) so traffic keeps flowing while
+/// placement is away.
+pub struct PlacementLocator {
+    link: PlacementLink,
+    /// start_hash → (end_hash, leader store).
+    cache: parking_lot::Mutex<std::collections::BTreeMap<u64, (u64, u64)>>,
+}
+
+impl PlacementLocator {
+    pub fn new(link: PlacementLink) -> PlacementLocator {
+        PlacementLocator {
+            link,
+            cache: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Replaces the cache with every region placement knows that has a leader.
+    async fn refresh(&self) -> Result<(), NodeError> {
+        let regions = self
+            .link
+            .client
+            .clone()
+            .scan_regions(ScanRegionsRequest {
+                header: self.link.header(),
+                start_hash: 0,
+                limit: 0,
+            })
+            .await
+            .map_err(|s| status_error("listing regions", s))?
+            .into_inner()
+            .regions;
+        let routes = regions
+            .into_iter()
+            .filter_map(|entry| {
+                let region = entry.region?;
+                Some((region.start_hash, (region.end_hash, entry.leader?.store_id)))
+            })
+            .collect();
+        *self.cache.lock() = routes;
+        Ok(())
+    }
+
+    fn cached(&self, hash: u64) -> Option<u64> {
+        let cache = self.cache.lock();
+        let (_, &(end, store)) = cache.range(..=hash).next_back()?;
+        (end == 0 || hash < end).then_some(store)
+    }
+}
+
+impl super::kv::RegionLocator for PlacementLocator {
+    fn leader_store(
+        &self,
+        hash: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(store) = self.cached(hash) {
+                return Some(store);
+            }
+            let answer = self
+                .link
+                .client
+                .clone()
+                .get_region(crate::proto::placementpb::GetRegionRequest {
+                    header: self.link.header(),
+                    by: Some(crate::proto::placementpb::get_region_request::By::Hash(
+                        hash,
+                    )),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .region?;
+            let region = answer.region?;
+            let store = answer.leader?.store_id;
+            self.cache
+                .lock()
+                .insert(region.start_hash, (region.end_hash, store));
+            Some(store)
+        })
+    }
+
+    fn invalidate(&self, hash: u64) {
+        let mut cache = self.cache.lock();
+        let start = cache.range(..=hash).next_back().map(|(&start, _)| start);
+        if let Some(start) = start {
+            cache.remove(&start);
+        }
+    }
+}
+
+/// What a node tells placement about itself.
+#[derive(Clone, Debug)]
+pub struct Advertised {
+    pub raft_addr: String,
+    pub http_addr: String,
+}
+
+/// Joins the cluster: finds or gets this data dir's store id, registers the store, and — on
+/// the first store of a new cluster — bootstraps the first `initial_regions` regions (locally
+/// first, then at placement, so a crash in between is finished on the next start). Returns
+/// the store id.
+pub async fn join(
+    link: &PlacementLink,
+    engine: &Engine,
+    advertised: &Advertised,
+    initial_regions: u64,
+) -> Result<u64, NodeError> {
+    let (stored_store, stored_cluster) = raftstore::stored_ident(engine)?;
+    if let Some(cluster) = stored_cluster {
+        if cluster != link.cluster_id {
+            return Err(NodeError::Placement(format!(
+                "this data dir belongs to cluster {cluster}, but placement serves cluster {}",
+                link.cluster_id
+            )));
+        }
+    }
+    let store_id = match (stored_store, stored_cluster) {
+        (Some(store_id), Some(_)) => store_id,
+        (Some(store_id), None) => {
+            return Err(NodeError::Placement(format!(
+                "this data dir belongs to statically configured store {store_id}; start it with --cluster"
+            )))
+        }
+        (None, _) => {
+            let store_id = link.alloc_ids(1).await?[0];
+            raftstore::write_ident(engine, store_id, link.cluster_id)?;
+            tracing::info!(store = store_id, "new store id from placement");
+            store_id
+        }
+    };
+    let store = Store {
+        id: store_id,
+        raft_addr: advertised.raft_addr.clone(),
+        http_addr: advertised.http_addr.clone(),
+        grpc_addr: String::new(),
+    };
+    let local = raftstore::stored_regions(engine)?;
+    if !link.bootstrapped().await? {
+        let regions = if local.is_empty() {
+            let regions = new_regions(link, store_id, initial_regions).await?;
+            raftstore::bootstrap_regions(engine, regions.clone())?;
+            regions
+        } else {
+            local
+        };
+        let result = link
+            .client
+            .clone()
+            .bootstrap(BootstrapRequest {
+                header: link.header(),
+                store: Some(store.clone()),
+                regions: regions.clone(),
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(
+                    store = store_id,
+                    regions = regions.len(),
+                    "bootstrapped the cluster"
+                );
+                return Ok(store_id);
+            }
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                // Another store bootstrapped first; these regions were never used.
+                tracing::info!(store = store_id, "another store bootstrapped the cluster");
+                raftstore::clear_bootstrapped(engine, &regions)?;
+            }
+            Err(status) => return Err(status_error("bootstrapping the cluster", status)),
+        }
+    }
+    link.client
+        .clone()
+        .put_store(PutStoreRequest {
+            header: link.header(),
+            store: Some(store),
+        })
+        .await
+        .map_err(|s| status_error("registering the store", s))?;
+    Ok(store_id)
+}
+
+/// The first regions of a new cluster: the ring cut evenly, one peer each on `store_id`.
+async fn new_regions(
+    link: &PlacementLink,
+    store_id: u64,
+    count: u64,
+) -> Result<Vec<Region>, NodeError> {
+    let count = count.max(1);
+    let ids = link.alloc_ids((2 * count) as u32).await?;
+    Ok(split_ring_evenly(count)
+        .into_iter()
+        .zip(ids.chunks(2))
+        .map(|((start, end), ids)| Region {
+            id: ids[0],
+            start_hash: start,
+            end_hash: end,
+            epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
+            peers: vec![Peer {
+                id: ids[1],
+                store_id,
+                role: 0,
+            }],
+        })
+        .collect())
+}
+
+/// Heartbeats every `interval` until the task is dropped: the store's, every region this node
+/// leads, a refresh of every store's address into the transport, and of the routes `locator`
+/// answers from while placement is away.
+pub async fn heartbeat_loop(
+    link: PlacementLink,
+    store_id: u64,
+    kv: Arc<KvService>,
+    transport: Transport,
+    locator: Arc<PlacementLocator>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = true;
+    loop {
+        ticker.tick().await;
+        let mut result = heartbeat_once(&link, store_id, &kv, &transport).await;
+        if result.is_ok() {
+            result = locator.refresh().await;
+        }
+        match (result, reachable) {
+            (Ok(()), false) => {
+                tracing::info!(store = store_id, "placement reachable again");
+                reachable = true;
+            }
+            (Err(error), true) => {
+                tracing::warn!(store = store_id, %error, "placement heartbeat failed; KV traffic continues, retrying");
+                reachable = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn heartbeat_once(
+    link: &PlacementLink,
+    store_id: u64,
+    kv: &KvService,
+    transport: &Transport,
+) -> Result<(), NodeError> {
+    let mut client = link.client.clone();
+    let statuses = collect_region_status(kv, CALL_TIMEOUT).await;
+    let leaders = statuses.iter().filter(|s| s.is_leader).count();
+    client
+        .store_heartbeat(StoreHeartbeatRequest {
+            header: link.header(),
+            store_id,
+            stats: Some(StoreStats {
+                region_count: statuses.len() as u32,
+                leader_count: leaders as u32,
+                ..StoreStats::default()
+            }),
+        })
+        .await
+        .map_err(|s| status_error("store heartbeat", s))?;
+    for status in statuses.iter().filter(|s| s.is_leader) {
+        let Some(region) = kv.router().region(status.id) else {
+            continue;
+        };
+        let leader = region
+            .peers
+            .iter()
+            .find(|p| p.id == status.peer_id)
+            .copied();
+        let request = RegionHeartbeatRequest {
+            header: link.header(),
+            region: Some(region),
+            leader,
+            term: status.term,
+            stats: None,
+        };
+        if let Err(status) = client.region_heartbeat(request).await {
+            // A refused report (e.g. placement knows a newer epoch) is placement's call;
+            // the next heartbeat reports again.
+            tracing::debug!(store = store_id, error = %status.message(), "region heartbeat refused");
+        }
+    }
+    let stores = client
+        .get_all_stores(GetAllStoresRequest {
+            header: link.header(),
+        })
+        .await
+        .map_err(|s| status_error("listing stores", s))?
+        .into_inner()
+        .stores;
+    for info in stores {
+        let Some(store) = info.store else { continue };
+        if store.id == store_id {
+            continue;
+        }
+        match store.raft_addr.parse() {
+            Ok(addr) => transport.set_store_addr(store.id, addr),
+            Err(_) => tracing::warn!(
+                store = store.id,
+                addr = %store.raft_addr,
+                "placement reports an unparsable raft address"
+            ),
+        }
+    }
+    Ok(())
+}
