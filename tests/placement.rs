@@ -84,6 +84,29 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
         assert_eq!(ids.len(), 3, "every store has its own id: {ids:?}");
         assert_eq!(stores_up(&status), ids);
 
+        // Store heartbeats carry the disk and the counts.
+        let status = wait_until("store statistics at placement", WAIT_TIMEOUT, async || {
+            let status = cluster.placement_status().await?;
+            let stores = status["stores"].as_array().cloned().unwrap_or_default();
+            let reported = stores.iter().all(|s| {
+                s["capacity_bytes"].as_u64().unwrap_or(0) > 0
+                    && s["available_bytes"].as_u64().unwrap_or(0) > 0
+            });
+            let first_counts = stores.iter().any(|s| {
+                s["id"].as_u64() == Some(first)
+                    && s["region_count"] == 2
+                    && s["leader_count"] == 2
+                    && s["used_bytes"].as_u64().unwrap_or(0) > 0
+            });
+            if reported && first_counts {
+                Ok(status)
+            } else {
+                Err(format!("{status}"))
+            }
+        })
+        .await;
+        assert!(status["stores"].as_array().is_some_and(|s| s.len() == 3));
+
         // Nodes without a replica route through placement to the leader's store.
         cluster.must_put(2, "beta", b"2").await;
         assert_eq!(cluster.must_get(3, "alpha").await, Some(b"1".to_vec()));

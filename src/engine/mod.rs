@@ -184,6 +184,20 @@ impl Engine {
         }
     }
 
+    /// Bytes the engine occupies: SST files plus memtables, over every column family.
+    pub fn used_bytes(&self) -> u64 {
+        ALL_CFS
+            .iter()
+            .map(|cf| {
+                self.property_u64(cf, "rocksdb.total-sst-files-size")
+                    .unwrap_or(0)
+                    + self
+                        .property_u64(cf, "rocksdb.cur-size-all-mem-tables")
+                        .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// RocksDB's own integer property (e.g. `rocksdb.estimate-num-keys`) for status pages.
     pub fn property_u64(&self, cf: &'static str, name: &str) -> Option<u64> {
         let handle = self.cf(cf).ok()?;

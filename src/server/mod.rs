@@ -249,7 +249,7 @@ impl Node {
         let kv = Arc::new(KvService::new(
             store_id,
             store.router.clone(),
-            engine,
+            engine.clone(),
             cfg.request_timeout,
         ));
         kv.set_transport(transport.clone());
@@ -263,14 +263,16 @@ impl Node {
             ) => {
                 let locator = Arc::new(placement::PlacementLocator::new(link.clone()));
                 kv.set_locator(locator.clone());
-                Some(tokio::spawn(placement::heartbeat_loop(
+                let heartbeats = placement::Heartbeats {
                     link,
                     store_id,
-                    kv.clone(),
-                    transport.clone(),
+                    kv: kv.clone(),
+                    transport: transport.clone(),
                     locator,
-                    *heartbeat_interval,
-                )))
+                    engine: engine.clone(),
+                    data_dir: cfg.data_dir.clone(),
+                };
+                Some(tokio::spawn(heartbeats.run(*heartbeat_interval)))
             }
             _ => None,
         };

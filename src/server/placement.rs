@@ -319,104 +319,123 @@ async fn new_regions(
         .collect())
 }
 
-/// Heartbeats every `interval` until the task is dropped: the store's, every region this node
-/// leads, a refresh of every store's address into the transport, and of the routes `locator`
-/// answers from while placement is away.
-pub async fn heartbeat_loop(
-    link: PlacementLink,
-    store_id: u64,
-    kv: Arc<KvService>,
-    transport: Transport,
-    locator: Arc<PlacementLocator>,
-    interval: Duration,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reachable = true;
-    loop {
-        ticker.tick().await;
-        let mut result = heartbeat_once(&link, store_id, &kv, &transport).await;
-        if result.is_ok() {
-            result = locator.refresh().await;
-        }
-        match (result, reachable) {
-            (Ok(()), false) => {
-                tracing::info!(store = store_id, "placement reachable again");
-                reachable = true;
-            }
-            (Err(error), true) => {
-                tracing::warn!(store = store_id, %error, "placement heartbeat failed; KV traffic continues, retrying");
-                reachable = false;
-            }
-            _ => {}
-        }
-    }
+/// What the heartbeat task works with.
+pub struct Heartbeats {
+    pub link: PlacementLink,
+    pub store_id: u64,
+    pub kv: Arc<KvService>,
+    pub transport: Transport,
+    /// Its route table is refreshed with every round.
+    pub locator: Arc<PlacementLocator>,
+    pub engine: Engine,
+    /// Where the data lives: its file system's capacity is reported.
+    pub data_dir: std::path::PathBuf,
 }
 
-async fn heartbeat_once(
-    link: &PlacementLink,
-    store_id: u64,
-    kv: &KvService,
-    transport: &Transport,
-) -> Result<(), NodeError> {
-    let mut client = link.client.clone();
-    let statuses = collect_region_status(kv, CALL_TIMEOUT).await;
-    let leaders = statuses.iter().filter(|s| s.is_leader).count();
-    client
-        .store_heartbeat(StoreHeartbeatRequest {
-            header: link.header(),
-            store_id,
-            stats: Some(StoreStats {
-                region_count: statuses.len() as u32,
-                leader_count: leaders as u32,
-                ..StoreStats::default()
-            }),
-        })
-        .await
-        .map_err(|s| status_error("store heartbeat", s))?;
-    for status in statuses.iter().filter(|s| s.is_leader) {
-        let Some(region) = kv.router().region(status.id) else {
-            continue;
-        };
-        let leader = region
-            .peers
-            .iter()
-            .find(|p| p.id == status.peer_id)
-            .copied();
-        let request = RegionHeartbeatRequest {
-            header: link.header(),
-            region: Some(region),
-            leader,
-            term: status.term,
-            stats: None,
-        };
-        if let Err(status) = client.region_heartbeat(request).await {
-            // A refused report (e.g. placement knows a newer epoch) is placement's call;
-            // the next heartbeat reports again.
-            tracing::debug!(store = store_id, error = %status.message(), "region heartbeat refused");
+impl Heartbeats {
+    /// Heartbeats every `interval` until the task is dropped: the store's (disk capacity and
+    /// use, region and leader counts), every region this node leads, a refresh of every
+    /// store's address into the transport, and of the routes the locator answers from while
+    /// placement is away.
+    pub async fn run(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reachable = true;
+        loop {
+            ticker.tick().await;
+            let mut result = self.once().await;
+            if result.is_ok() {
+                result = self.locator.refresh().await;
+            }
+            match (result, reachable) {
+                (Ok(()), false) => {
+                    tracing::info!(store = self.store_id, "placement reachable again");
+                    reachable = true;
+                }
+                (Err(error), true) => {
+                    tracing::warn!(store = self.store_id, %error, "placement heartbeat failed; KV traffic continues, retrying");
+                    reachable = false;
+                }
+                _ => {}
+            }
         }
     }
-    let stores = client
-        .get_all_stores(GetAllStoresRequest {
-            header: link.header(),
-        })
-        .await
-        .map_err(|s| status_error("listing stores", s))?
-        .into_inner()
-        .stores;
-    for info in stores {
-        let Some(store) = info.store else { continue };
-        if store.id == store_id {
-            continue;
-        }
-        match store.raft_addr.parse() {
-            Ok(addr) => transport.set_store_addr(store.id, addr),
-            Err(_) => tracing::warn!(
-                store = store.id,
-                addr = %store.raft_addr,
-                "placement reports an unparsable raft address"
-            ),
+
+    fn store_stats(&self, regions: usize, leaders: usize) -> StoreStats {
+        let (capacity_bytes, available_bytes) = match rustix::fs::statvfs(&self.data_dir) {
+            Ok(fs) => (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize),
+            Err(error) => {
+                tracing::debug!(%error, "statvfs of the data dir failed");
+                (0, 0)
+            }
+        };
+        StoreStats {
+            capacity_bytes,
+            available_bytes,
+            used_bytes: self.engine.used_bytes(),
+            region_count: regions as u32,
+            leader_count: leaders as u32,
         }
     }
-    Ok(())
+
+    async fn once(&self) -> Result<(), NodeError> {
+        let (link, store_id, kv, transport) =
+            (&self.link, self.store_id, &*self.kv, &self.transport);
+        let mut client = link.client.clone();
+        let statuses = collect_region_status(kv, CALL_TIMEOUT).await;
+        let leaders = statuses.iter().filter(|s| s.is_leader).count();
+        client
+            .store_heartbeat(StoreHeartbeatRequest {
+                header: link.header(),
+                store_id,
+                stats: Some(self.store_stats(statuses.len(), leaders)),
+            })
+            .await
+            .map_err(|s| status_error("store heartbeat", s))?;
+        for status in statuses.iter().filter(|s| s.is_leader) {
+            let Some(region) = kv.router().region(status.id) else {
+                continue;
+            };
+            let leader = region
+                .peers
+                .iter()
+                .find(|p| p.id == status.peer_id)
+                .copied();
+            let request = RegionHeartbeatRequest {
+                header: link.header(),
+                region: Some(region),
+                leader,
+                term: status.term,
+                stats: None,
+            };
+            if let Err(status) = client.region_heartbeat(request).await {
+                // A refused report (e.g. placement knows a newer epoch) is placement's call;
+                // the next heartbeat reports again.
+                tracing::debug!(store = store_id, error = %status.message(), "region heartbeat refused");
+            }
+        }
+        let stores = client
+            .get_all_stores(GetAllStoresRequest {
+                header: link.header(),
+            })
+            .await
+            .map_err(|s| status_error("listing stores", s))?
+            .into_inner()
+            .stores;
+        for info in stores {
+            let Some(store) = info.store else { continue };
+            if store.id == store_id {
+                continue;
+            }
+            match store.raft_addr.parse() {
+                Ok(addr) => transport.set_store_addr(store.id, addr),
+                Err(_) => tracing::warn!(
+                    store = store.id,
+                    addr = %store.raft_addr,
+                    "placement reports an unparsable raft address"
+                ),
+            }
+        }
+        Ok(())
+    }
 }
