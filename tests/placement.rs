@@ -57,6 +57,25 @@ async fn wait_placement(cluster: &Cluster, regions: usize, stores: usize) -> Val
     .await
 }
 
+/// Runs `kvctl --placement <the cluster's placement> ARGS`: stdout on success, stderr on a
+/// non-zero exit.
+fn kvctl(cluster: &Cluster, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--placement")
+        .arg(cluster.placement_addr().to_string())
+        .args(args)
+        .output()
+        .map_err(|e| format!("running kvctl: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        assert!(!stderr.is_empty(), "kvctl failed silently");
+        Err(stderr)
+    }
+}
+
 async fn store_id_of(cluster: &Cluster, node: usize) -> u64 {
     cluster.status(node).await.expect("node status").store_id
 }
@@ -107,6 +126,30 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
         .await;
         assert!(status["stores"].as_array().is_some_and(|s| s.len() == 3));
 
+        // kvctl reads the same picture: JSON for scripts, tables for people, and a clear
+        // failure for a region that does not exist.
+        let stores = kvctl(&cluster, &["stores", "--json"]).expect("kvctl stores");
+        let listed: BTreeSet<u64> = serde_json::from_str::<Value>(&stores).expect("JSON")["stores"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["id"].as_u64())
+            .collect();
+        assert_eq!(listed, ids, "kvctl stores --json: {stores}");
+        let table = kvctl(&cluster, &["regions"]).expect("kvctl regions");
+        let region_id = status["regions"][0]["id"].as_u64().expect("a region id");
+        assert!(
+            table.starts_with("ID") && table.contains(&format!("@{first}")),
+            "kvctl regions:\n{table}"
+        );
+        let one = kvctl(&cluster, &["region", &region_id.to_string(), "--json"]).expect("region");
+        assert_eq!(
+            serde_json::from_str::<Value>(&one).expect("JSON")["id"].as_u64(),
+            Some(region_id)
+        );
+        let missing = kvctl(&cluster, &["region", "987654321"]).expect_err("unknown region");
+        assert!(missing.contains("987654321"), "{missing}");
+
         // Nodes without a replica route through placement to the leader's store.
         cluster.must_put(2, "beta", b"2").await;
         assert_eq!(cluster.must_get(3, "alpha").await, Some(b"1".to_vec()));
@@ -118,9 +161,11 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
         assert_eq!(store_id_of(&cluster, 1).await, first);
         assert_eq!(cluster.must_get(1, "beta").await, Some(b"2".to_vec()));
 
-        // Placement down: KV traffic goes on (routes are cached).
+        // Placement down: KV traffic goes on (routes are cached); kvctl says what is wrong.
         let before = cluster.placement_status().await.expect("placement status");
         cluster.kill_placement();
+        let down = kvctl(&cluster, &["stores"]).expect_err("placement is down");
+        assert!(down.contains("cannot reach placement"), "{down}");
         cluster.must_put(3, "gamma", b"3").await;
         assert_eq!(cluster.must_get(2, "gamma").await, Some(b"3".to_vec()));
 

@@ -788,6 +788,11 @@ impl Cluster {
         .await
     }
 
+    /// Placement's gRPC address (what `--placement` takes).
+    pub fn placement_addr(&self) -> SocketAddr {
+        self.placement_proc().grpc_addr
+    }
+
     /// Placement's `/status` (cluster id, stores, regions with their leaders).
     pub async fn placement_status(&self) -> Result<Value, String> {
         let url = format!("http://{}/status", self.placement_proc().http_addr);

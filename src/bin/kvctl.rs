@@ -1,0 +1,332 @@
+//! `kvctl`: ringkv's admin CLI. Talks to the placement service (by default at the address
+//! `ringkv placement` listens on out of the box).
+//!
+//! ```text
+//! kvctl stores                 every store: state, addresses, regions, leaders, disk
+//! kvctl regions                every region in ring order: range, epoch, peers, leader
+//! kvctl region ID              one region
+//! ```
+//! Human tables by default; `--json` for scripts. Failures exit non-zero with a message.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ringkv::proto::placementpb::placement_client::PlacementClient;
+use ringkv::proto::placementpb::{
+    get_region_request, GetAllStoresRequest, GetClusterInfoRequest, GetRegionRequest,
+    RegionWithLeader, RequestHeader, ScanRegionsRequest, StoreInfo, StoreState,
+};
+use serde_json::{json, Value};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long kvctl waits for placement before giving up.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(name = "kvctl", version, about = "Administer a ringkv cluster")]
+struct Cli {
+    /// Placement service address (host:port).
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:2379",
+        env = "RINGKV_PLACEMENT"
+    )]
+    placement: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every store with its state, addresses, region and leader counts and disk use.
+    Stores,
+    /// List every region in ring order with its range, epoch, peers and leader.
+    Regions,
+    /// Show one region.
+    Region {
+        /// The region id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot reach placement at {addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+async fn connect(addr: &str) -> Result<(PlacementClient<Channel>, u64), CliError> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let unreachable = |message: String| CliError::Unreachable {
+        addr: addr.to_owned(),
+        message,
+    };
+    let channel = Endpoint::from_shared(url)
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| unreachable(with_sources(&e)))?;
+    let mut client = PlacementClient::new(channel);
+    let info = client
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await
+        .map_err(|s| unreachable(s.message().to_owned()))?
+        .into_inner();
+    Ok((client, info.cluster_id))
+}
+
+/// An error and its causes, `outer: inner: innermost`.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn refused(status: tonic::Status) -> CliError {
+    CliError::Refused(status.message().to_owned())
+}
+
+fn state_name(state: i32) -> &'static str {
+    match StoreState::try_from(state) {
+        Ok(StoreState::Up) => "up",
+        Ok(StoreState::Down) => "down",
+        Ok(StoreState::Tombstone) => "tombstone",
+        Err(_) => "unknown",
+    }
+}
+
+/// `1.5 GiB`-style sizes for tables.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Prints rows as a left-aligned table under `header`.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn store_json(info: &StoreInfo) -> Value {
+    let store = info.store.clone().unwrap_or_default();
+    let stats = info.stats.unwrap_or_default();
+    json!({
+        "id": store.id,
+        "state": state_name(info.state),
+        "raft_addr": store.raft_addr,
+        "http_addr": store.http_addr,
+        "region_count": stats.region_count,
+        "leader_count": stats.leader_count,
+        "used_bytes": stats.used_bytes,
+        "available_bytes": stats.available_bytes,
+        "capacity_bytes": stats.capacity_bytes,
+        "last_heartbeat_ms_ago": info.last_heartbeat_ms_ago,
+    })
+}
+
+fn region_json(entry: &RegionWithLeader) -> Value {
+    let region = entry.region.clone().unwrap_or_default();
+    let epoch = region.epoch.unwrap_or_default();
+    json!({
+        "id": region.id,
+        "start_hash": region.start_hash,
+        "end_hash": region.end_hash,
+        "version": epoch.version,
+        "conf_ver": epoch.conf_ver,
+        "peers": region.peers.iter().map(|p| json!({
+            "id": p.id,
+            "store_id": p.store_id,
+            "role": if p.role == 1 { "learner" } else { "voter" },
+        })).collect::<Vec<_>>(),
+        "leader_store_id": entry.leader.map_or(0, |l| l.store_id),
+    })
+}
+
+fn region_row(entry: &RegionWithLeader) -> Vec<String> {
+    let region = entry.region.clone().unwrap_or_default();
+    let epoch = region.epoch.unwrap_or_default();
+    let peers: Vec<String> = region
+        .peers
+        .iter()
+        .map(|p| {
+            let learner = if p.role == 1 { " learner" } else { "" };
+            format!("{}@{}{learner}", p.id, p.store_id)
+        })
+        .collect();
+    vec![
+        region.id.to_string(),
+        format!("{:#018x}", region.start_hash),
+        if region.end_hash == 0 {
+            "end".to_owned()
+        } else {
+            format!("{:#018x}", region.end_hash)
+        },
+        format!("{}/{}", epoch.version, epoch.conf_ver),
+        peers.join(","),
+        entry
+            .leader
+            .map_or("-".to_owned(), |l| l.store_id.to_string()),
+    ]
+}
+
+const REGION_HEADER: [&str; 6] = [
+    "ID",
+    "START",
+    "END",
+    "VER/CONF",
+    "PEERS (id@store)",
+    "LEADER",
+];
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let (mut client, cluster_id) = connect(&cli.placement).await?;
+    let header = Some(RequestHeader { cluster_id });
+    match cli.command {
+        Command::Stores => {
+            let stores = client
+                .get_all_stores(GetAllStoresRequest { header })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .stores;
+            if cli.json {
+                let list: Vec<Value> = stores.iter().map(store_json).collect();
+                println!("{}", json!({ "cluster_id": cluster_id, "stores": list }));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = stores
+                .iter()
+                .map(|info| {
+                    let store = info.store.clone().unwrap_or_default();
+                    let stats = info.stats.unwrap_or_default();
+                    vec![
+                        store.id.to_string(),
+                        state_name(info.state).to_owned(),
+                        store.raft_addr,
+                        store.http_addr,
+                        stats.region_count.to_string(),
+                        stats.leader_count.to_string(),
+                        human_bytes(stats.used_bytes),
+                        human_bytes(stats.available_bytes),
+                        human_bytes(stats.capacity_bytes),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "STATE",
+                    "RAFT",
+                    "HTTP",
+                    "REGIONS",
+                    "LEADERS",
+                    "USED",
+                    "AVAILABLE",
+                    "CAPACITY",
+                ],
+                &rows,
+            );
+        }
+        Command::Regions => {
+            let regions = client
+                .scan_regions(ScanRegionsRequest {
+                    header,
+                    start_hash: 0,
+                    limit: 0,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .regions;
+            if cli.json {
+                let list: Vec<Value> = regions.iter().map(region_json).collect();
+                println!("{}", json!({ "cluster_id": cluster_id, "regions": list }));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = regions.iter().map(region_row).collect();
+            print_table(&REGION_HEADER, &rows);
+        }
+        Command::Region { id } => {
+            let region = client
+                .get_region(GetRegionRequest {
+                    header,
+                    by: Some(get_region_request::By::RegionId(id)),
+                })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .region
+                .ok_or_else(|| CliError::Refused(format!("placement returned no region {id}")))?;
+            if cli.json {
+                println!("{}", region_json(&region));
+            } else {
+                print_table(&REGION_HEADER, &[region_row(&region)]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvctl: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kvctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
