@@ -1,0 +1,428 @@
+//! `kvbench`: one load, run against ringkv (HTTP) or etcd v3 (its JSON gateway), so the two
+//! can be compared on the same machine with the same tool.
+//!
+//! ```text
+//! kvbench --target ringkv --endpoints http://127.0.0.1:12380,http://127.0.0.1:22380 \
+//!         --workload write --concurrency 64 --duration-secs 20
+//! kvbench --target etcd --endpoints http://127.0.0.1:23791 --workload read --json
+//! ```
+//!
+//! Workloads: `write` (puts), `read` (linearizable gets), YCSB `a` (50% reads), `b` (95%),
+//! `c` (100%). Keys are `--key-size` bytes, values `--value-size`, chosen uniformly or by a
+//! zipfian law over `--keys` keys; read workloads load every key first. Closed loop by default
+//! (`--concurrency` clients, each waiting for its answer); `--rate` makes it an open loop at
+//! that many requests per second, and latency is then measured from when each request was
+//! due, not when it was sent (no coordinated omission). Reports throughput and
+//! p50/p99/p99.9 latency per operation, as a table or `--json`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rand_distr::{Distribution as _, Zipf};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// ringkv's HTTP API (`PUT`/`GET /kv/{key}`).
+    Ringkv,
+    /// etcd v3's JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`, linearizable).
+    Etcd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Write,
+    Read,
+    /// YCSB A: 50% reads, 50% writes.
+    A,
+    /// YCSB B: 95% reads.
+    B,
+    /// YCSB C: reads only.
+    C,
+}
+
+impl Workload {
+    fn read_percent(self) -> u32 {
+        match self {
+            Workload::Write => 0,
+            Workload::A => 50,
+            Workload::B => 95,
+            Workload::Read | Workload::C => 100,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KeyDistribution {
+    Uniform,
+    Zipfian,
+}
+
+#[derive(Parser, Clone, Debug)]
+#[command(name = "kvbench", about = "Load generator for ringkv and etcd")]
+struct Args {
+    #[arg(long, value_enum, default_value = "ringkv")]
+    target: Target,
+    /// Base URLs, comma-separated; client i uses endpoint i mod n.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    #[arg(long, value_enum, default_value = "write")]
+    workload: Workload,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 20)]
+    duration_secs: u64,
+    /// Requests per second over all clients (open loop); 0 = closed loop, as fast as answers come.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, value_enum, default_value = "uniform")]
+    distribution: KeyDistribution,
+    /// Zipf exponent for --distribution zipfian.
+    #[arg(long, default_value_t = 0.99)]
+    zipf_exponent: f64,
+    /// Skip loading the keys before a read workload.
+    #[arg(long)]
+    no_preload: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seed for key choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Per-request bound: a request slower than this counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Latencies are recorded in microseconds up to this bound.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+struct Client {
+    http: reqwest::Client,
+    target: Target,
+}
+
+impl Client {
+    fn key(index: u64, size: usize) -> String {
+        let digits = format!("{index}");
+        let pad = size.saturating_sub(digits.len() + 1);
+        format!("k{}{digits}", "0".repeat(pad))
+    }
+
+    async fn put(&self, endpoint: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        let request = match self.target {
+            Target::Ringkv => self
+                .http
+                .put(format!("{endpoint}/kv/{key}"))
+                .body(value.to_vec()),
+            Target::Etcd => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let body = json!({"key": b64.encode(key), "value": b64.encode(value)});
+                self.http
+                    .post(format!("{endpoint}/v3/kv/put"))
+                    .body(body.to_string())
+            }
+        };
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let _ = response.bytes().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    }
+
+    async fn get(&self, endpoint: &str, key: &str) -> Result<(), String> {
+        let request = match self.target {
+            Target::Ringkv => self.http.get(format!("{endpoint}/kv/{key}")),
+            Target::Etcd => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let body = json!({"key": b64.encode(key)});
+                self.http
+                    .post(format!("{endpoint}/v3/kv/range"))
+                    .body(body.to_string())
+            }
+        };
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let _ = response.bytes().await;
+        // A missing key is an answer too.
+        if status.is_success() || status.as_u16() == 404 {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Tally {
+    reads: Histogram<u64>,
+    writes: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        let histogram =
+            || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds");
+        Tally {
+            reads: histogram(),
+            writes: histogram(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        let _ = self.reads.add(&other.reads);
+        let _ = self.writes.add(&other.writes);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+}
+
+fn key_sampler(args: &Args) -> Box<dyn Fn(&mut StdRng) -> u64 + Send + Sync> {
+    let keys = args.keys.max(1);
+    match args.distribution {
+        KeyDistribution::Uniform => Box::new(move |rng: &mut StdRng| rng.random_range(0..keys)),
+        KeyDistribution::Zipfian => {
+            let zipf = Zipf::new(keys as f64, args.zipf_exponent).expect("valid zipf parameters");
+            // Zipf yields 1..=keys, most often 1; scatter the hot keys over the key space
+            // (a multiplicative hash) so they do not all sit in one region.
+            Box::new(move |rng: &mut StdRng| {
+                let rank = zipf.sample(rng) as u64 - 1;
+                rank.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys
+            })
+        }
+    }
+}
+
+/// Writes every key once, with `concurrency` clients.
+async fn preload(args: &Args, client: Arc<Client>) -> Result<(), String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let workers = args.concurrency.max(1) as u64;
+    for worker in 0..workers {
+        let client = client.clone();
+        let args = args.clone();
+        tasks.spawn(async move {
+            let endpoint = &args.endpoints[worker as usize % args.endpoints.len()];
+            let value = vec![b'v'; args.value_size];
+            let mut index = worker;
+            while index < args.keys {
+                let key = Client::key(index, args.key_size);
+                client.put(endpoint, &key, &value).await?;
+                index += workers;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+async fn run_worker(
+    worker: usize,
+    args: Args,
+    client: Arc<Client>,
+    sampler: Arc<dyn Fn(&mut StdRng) -> u64 + Send + Sync>,
+    start: Instant,
+) -> Tally {
+    let mut tally = Tally::new();
+    let endpoint = args.endpoints[worker % args.endpoints.len()].clone();
+    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(worker as u64 * 7919));
+    let end = start + Duration::from_secs(args.duration_secs);
+    let interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
+    let mut value = vec![0u8; args.value_size];
+    let mut sent = 0u64;
+    loop {
+        // When this request is due: now (closed loop) or on the worker's schedule (open loop).
+        let due = match interval {
+            Some(interval) => {
+                // Stagger workers so they do not fire together.
+                let offset = interval.mul_f64(worker as f64 / args.concurrency as f64);
+                start + offset + interval * sent as u32
+            }
+            None => Instant::now(),
+        };
+        if due >= end {
+            break;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        sent += 1;
+        let key = Client::key(sampler(&mut rng), args.key_size);
+        let read = rng.random_range(0..100) < args.workload.read_percent();
+        let result = if read {
+            client.get(&endpoint, &key).await
+        } else {
+            rng.fill(&mut value[..]);
+            client.put(&endpoint, &key, &value).await
+        };
+        let latency_us = (due.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        match result {
+            Ok(()) => {
+                let histogram = if read {
+                    &mut tally.reads
+                } else {
+                    &mut tally.writes
+                };
+                let _ = histogram.record(latency_us);
+            }
+            Err(error) => {
+                tally.errors += 1;
+                if tally.first_error.is_none() {
+                    tally.first_error = Some(error);
+                }
+            }
+        }
+    }
+    tally
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn summary(name: &str, histogram: &Histogram<u64>, secs: f64) -> serde_json::Value {
+    json!({
+        "op": name,
+        "count": histogram.len(),
+        "throughput_per_sec": histogram.len() as f64 / secs,
+        "p50_ms": ms(histogram.value_at_quantile(0.50)),
+        "p99_ms": ms(histogram.value_at_quantile(0.99)),
+        "p999_ms": ms(histogram.value_at_quantile(0.999)),
+        "max_ms": ms(histogram.max()),
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if args.endpoints.is_empty() || args.concurrency == 0 || args.duration_secs == 0 {
+        eprintln!("kvbench: give endpoints, a concurrency and a duration above zero");
+        return std::process::ExitCode::FAILURE;
+    }
+    let http = match reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+    {
+        Ok(http) => http,
+        Err(error) => {
+            eprintln!("kvbench: building the HTTP client: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let client = Arc::new(Client {
+        http,
+        target: args.target,
+    });
+    if args.workload.read_percent() > 0 && !args.no_preload {
+        if let Err(error) = preload(&args, client.clone()).await {
+            eprintln!("kvbench: loading the keys failed: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let sampler: Arc<dyn Fn(&mut StdRng) -> u64 + Send + Sync> = Arc::from(key_sampler(&args));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        tasks.spawn(run_worker(
+            worker,
+            args.clone(),
+            client.clone(),
+            sampler.clone(),
+            start,
+        ));
+    }
+    let mut total = Tally::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(tally) => total.merge(&tally),
+            Err(error) => {
+                eprintln!("kvbench: a worker failed: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut all = total.reads.clone();
+    let _ = all.add(&total.writes);
+    let ops: Vec<serde_json::Value> = [("read", &total.reads), ("write", &total.writes)]
+        .into_iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(name, h)| summary(name, h, secs))
+        .chain(std::iter::once(summary("all", &all, secs)))
+        .collect();
+    let report = json!({
+        "target": format!("{:?}", args.target).to_lowercase(),
+        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "keys": args.keys,
+        "key_size": args.key_size,
+        "value_size": args.value_size,
+        "concurrency": args.concurrency,
+        "rate": args.rate,
+        "distribution": format!("{:?}", args.distribution).to_lowercase(),
+        "duration_secs": secs,
+        "errors": total.errors,
+        "first_error": total.first_error,
+        "ops": ops,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{:?} {:?}: {} clients, {} keys, {}B values, {:.1}s, {} errors",
+            args.target,
+            args.workload,
+            args.concurrency,
+            args.keys,
+            args.value_size,
+            secs,
+            total.errors
+        );
+        println!(
+            "{:<6} {:>10} {:>12} {:>9} {:>9} {:>9}",
+            "op", "count", "ops/s", "p50 ms", "p99 ms", "p99.9 ms"
+        );
+        for op in &ops {
+            println!(
+                "{:<6} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
+                op["op"].as_str().unwrap_or("?"),
+                op["count"],
+                op["throughput_per_sec"].as_f64().unwrap_or(0.0),
+                op["p50_ms"].as_f64().unwrap_or(0.0),
+                op["p99_ms"].as_f64().unwrap_or(0.0),
+                op["p999_ms"].as_f64().unwrap_or(0.0),
+            );
+        }
+        if let Some(error) = &total.first_error {
+            println!("first error: {error}");
+        }
+    }
+    if total.errors > 0 && all.is_empty() {
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
