@@ -167,30 +167,13 @@ impl Drop for RaftStore {
 }
 
 fn check_store_ident(engine: &Engine, store_id: u64) -> Result<(), StoreError> {
-    match engine.get(crate::engine::CF_META, keys::STORE_IDENT_KEY)? {
-        Some(bytes) => {
-            let found = <[u8; 8]>::try_from(bytes.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| EngineError::Corruption("store ident".into()))?;
-            if found != store_id {
-                return Err(StoreError::WrongStore {
-                    expected: store_id,
-                    found,
-                });
-            }
-            Ok(())
-        }
-        None => {
-            let mut batch = engine.batch();
-            batch.put(
-                engine,
-                crate::engine::CF_META,
-                keys::STORE_IDENT_KEY,
-                &store_id.to_be_bytes(),
-            )?;
-            engine.write(batch, true)?;
-            Ok(())
-        }
+    match stored_ident(engine)?.0 {
+        Some(found) if found != store_id => Err(StoreError::WrongStore {
+            expected: store_id,
+            found,
+        }),
+        Some(_) => Ok(()),
+        None => write_ident(engine, store_id, None),
     }
 }
 
@@ -253,21 +236,18 @@ pub fn stored_ident(engine: &Engine) -> Result<(Option<u64>, Option<u64>), Store
     ))
 }
 
-/// Records which store and cluster this data dir belongs to (synced).
-pub fn write_ident(engine: &Engine, store_id: u64, cluster_id: u64) -> Result<(), StoreError> {
+/// Records which store (and, under placement, which cluster) this data dir belongs to, synced.
+pub fn write_ident(
+    engine: &Engine,
+    store_id: u64,
+    cluster_id: Option<u64>,
+) -> Result<(), StoreError> {
     let mut batch = engine.batch();
-    batch.put(
-        engine,
-        crate::engine::CF_META,
-        keys::STORE_IDENT_KEY,
-        &store_id.to_be_bytes(),
-    )?;
-    batch.put(
-        engine,
-        crate::engine::CF_META,
-        keys::CLUSTER_ID_KEY,
-        &cluster_id.to_be_bytes(),
-    )?;
+    let entries = std::iter::once((keys::STORE_IDENT_KEY, store_id))
+        .chain(cluster_id.map(|id| (keys::CLUSTER_ID_KEY, id)));
+    for (key, value) in entries {
+        batch.put(engine, crate::engine::CF_META, key, &value.to_be_bytes())?;
+    }
     engine.write(batch, true)?;
     Ok(())
 }
@@ -292,4 +272,27 @@ pub(crate) fn reply_region_not_found(command: Command, region_id: u64) {
         Command::Write { reply, .. } | Command::Read { reply, .. } => reply,
     };
     let _ = reply.send(region_not_found(region_id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_keeps_its_store_and_cluster_and_refuses_another_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::open(&dir.path().join("db")).expect("engine");
+        assert_eq!(stored_ident(&engine).expect("ident"), (None, None));
+        check_store_ident(&engine, 3).expect("first start records the id");
+        check_store_ident(&engine, 3).expect("the same id again");
+        match check_store_ident(&engine, 4) {
+            Err(StoreError::WrongStore {
+                expected: 4,
+                found: 3,
+            }) => {}
+            other => panic!("another store's data dir must be refused, got {other:?}"),
+        }
+        write_ident(&engine, 7, Some(99)).expect("write ident");
+        assert_eq!(stored_ident(&engine).expect("ident"), (Some(7), Some(99)));
+    }
 }

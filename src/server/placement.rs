@@ -234,7 +234,7 @@ pub async fn join(
         }
         (None, _) => {
             let store_id = link.alloc_ids(1).await?[0];
-            raftstore::write_ident(engine, store_id, link.cluster_id)?;
+            raftstore::write_ident(engine, store_id, Some(link.cluster_id))?;
             tracing::info!(store = store_id, "new store id from placement");
             store_id
         }
