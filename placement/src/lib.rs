@@ -1,18 +1,24 @@
 //! ringkv's placement service (TiKV's PD is the reference): the registry of stores and of the
-//! regions on the hash ring, the cluster-wide id allocator, and — as the placement issue
-//! grows — the scheduler whose operators region leaders carry out through raft.
+//! regions on the hash ring, the cluster-wide id allocator, and the scheduler whose operators
+//! region leaders carry out through raft.
 //!
 //! * `state` — the cluster as placement knows it; what survives a restart and what does not;
 //!   the rules that keep it from going backwards.
 //! * `storage` — the durable state file (atomic replace).
+//! * `checker` — the replica checker: the next step towards `max_replicas` healthy voters.
+//! * `operator` — scheduling steps in flight, judged by the regions' own reports.
 //! * `service` — the gRPC `Placement` service over the state.
 //! * `server` — runs gRPC plus `/status` and `/metrics` over HTTP.
 
+mod checker;
 pub mod error;
+mod operator;
 pub mod server;
 pub mod service;
 pub mod state;
 pub mod storage;
+#[cfg(test)]
+mod test_cluster;
 
 pub use error::PlacementError;
 pub use server::{start, RunningPlacement, ServeConfig};

@@ -79,6 +79,7 @@ pub async fn start(
     let state = Arc::new(Mutex::new(ClusterState::open(
         &cfg.data_dir,
         cfg.placement.clone(),
+        Instant::now(),
     )?));
     let listener = bind(cfg.listen).await?;
     let grpc_addr = listener.local_addr().map_err(|e| PlacementError::Io {
@@ -197,12 +198,25 @@ async fn status(State(http): State<HttpState>) -> Response {
             })
         })
         .collect();
+    let operators: Vec<serde_json::Value> = state
+        .operators(now)
+        .into_iter()
+        .map(|op| {
+            json!({
+                "region_id": op.region_id,
+                "kind": op.kind,
+                "detail": op.detail,
+                "age_ms": op.age_ms,
+            })
+        })
+        .collect();
     let body = json!({
         "cluster_id": state.cluster_id(),
         "bootstrapped": state.is_bootstrapped(),
         "max_replicas": state.config().max_replicas,
         "stores": stores,
         "regions": regions,
+        "operators": operators,
     });
     drop(state);
     (

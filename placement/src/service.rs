@@ -8,9 +8,10 @@ use ringkv_proto::placementpb::placement_server::Placement;
 use ringkv_proto::placementpb::{
     get_region_request, AllocIdRequest, AllocIdResponse, BootstrapRequest, BootstrapResponse,
     GetAllStoresRequest, GetAllStoresResponse, GetClusterInfoRequest, GetClusterInfoResponse,
-    GetRegionRequest, GetRegionResponse, GetStoreRequest, GetStoreResponse, PutStoreRequest,
-    PutStoreResponse, RegionHeartbeatRequest, RegionHeartbeatResponse, ScanRegionsRequest,
-    ScanRegionsResponse, StoreHeartbeatRequest, StoreHeartbeatResponse,
+    GetOperatorsRequest, GetOperatorsResponse, GetRegionRequest, GetRegionResponse,
+    GetStoreRequest, GetStoreResponse, PutStoreRequest, PutStoreResponse, RegionHeartbeatRequest,
+    RegionHeartbeatResponse, ScanRegionsRequest, ScanRegionsResponse, StoreHeartbeatRequest,
+    StoreHeartbeatResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -170,8 +171,21 @@ impl Placement for PlacementService {
                 request.leader,
                 request.term,
                 request.stats.unwrap_or_default(),
-            )?;
-            Ok(RegionHeartbeatResponse {})
+                &request.pending_peers,
+                Instant::now(),
+            )
+        })
+    }
+
+    async fn get_operators(
+        &self,
+        request: Request<GetOperatorsRequest>,
+    ) -> std::result::Result<Response<GetOperatorsResponse>, Status> {
+        let request = request.into_inner();
+        self.call("get_operators", request.header.as_ref(), |state| {
+            Ok(GetOperatorsResponse {
+                operators: state.operators(Instant::now()),
+            })
         })
     }
 

@@ -4,7 +4,13 @@
 //! addresses, region metadata) changes only through [`ClusterState::commit`]: the change is
 //! made on a copy, saved (see `storage`), and only then becomes the live state, so nothing
 //! placement ever answered can be forgotten by a crash. The volatile part (heartbeat times,
-//! statistics, who leads a region) is rebuilt from heartbeats after a restart.
+//! statistics, who leads a region, the operators in flight) is rebuilt from heartbeats after a
+//! restart.
+//!
+//! Every accepted region report is also a chance to schedule: the operator in flight for the
+//! region is judged and re-sent (see `operator`), or, with none, the replica checker (see
+//! `checker`) may start one. Healing waits for `max_store_down_time` counted from placement's
+//! own start too, so a placement restart alone never looks like stores going down.
 //!
 //! Nothing goes backwards: a region heartbeat with an older epoch than placement knows, or an
 //! older one than a region overlapping its range, is refused (a split or membership change
@@ -16,13 +22,15 @@ use std::ops::Bound;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ringkv_proto::metapb::{Peer, Region, RegionEpoch, Store};
+use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store};
 use ringkv_proto::placementpb::{
-    PersistedState, PersistedStore, RegionStats, RegionWithLeader, RequestHeader, StoreInfo,
-    StoreState, StoreStats,
+    OperatorInfo, PersistedState, PersistedStore, RegionHeartbeatResponse, RegionStats,
+    RegionWithLeader, RequestHeader, StoreInfo, StoreState, StoreStats,
 };
 
+use crate::checker::{check_replicas, ClusterView, Decision, StoreHealth};
 use crate::error::{PlacementError, Result};
+use crate::operator::{Operator, OperatorController, OperatorKind};
 use crate::storage::Storage;
 
 /// Ids are persisted as a watermark this far ahead of the last one handed out, so most
@@ -34,8 +42,14 @@ const ID_BATCH: u64 = 1000;
 pub struct PlacementConfig {
     /// Replicas every region should have.
     pub max_replicas: u32,
-    /// A store without a heartbeat for this long is reported down.
+    /// A store without a heartbeat for this long is reported down and its replicas are
+    /// replaced (counted from placement's start for stores not heard from since).
     pub max_store_down_time: Duration,
+    /// An operator not seen done by then is given up (default 5 minutes).
+    pub operator_timeout: Duration,
+    /// Operators in flight cluster-wide at most (default 16); more wait for a free slot.
+    /// 0 turns replica scheduling off.
+    pub replica_schedule_limit: u32,
 }
 
 impl Default for PlacementConfig {
@@ -43,6 +57,8 @@ impl Default for PlacementConfig {
         PlacementConfig {
             max_replicas: 3,
             max_store_down_time: Duration::from_secs(30 * 60),
+            operator_timeout: Duration::from_secs(5 * 60),
+            replica_schedule_limit: 16,
         }
     }
 }
@@ -57,6 +73,8 @@ struct Durable {
     regions: BTreeMap<u64, Region>,
     /// start_hash → region id, for every region in `regions`.
     ring: BTreeMap<u64, u64>,
+    /// store id → peers on it over all `regions` (no zero entries); derived, not saved.
+    peer_counts: BTreeMap<u64, u64>,
 }
 
 impl Durable {
@@ -82,15 +100,24 @@ impl Durable {
             durable.stores.insert(id, store);
         }
         for region in state.regions {
-            if durable.ring.insert(region.start_hash, region.id).is_some() {
+            if durable.ring.contains_key(&region.start_hash) {
                 return Err(PlacementError::Corrupt(format!(
                     "two regions start at hash {}",
                     region.start_hash
                 )));
             }
-            durable.regions.insert(region.id, region);
+            durable.insert_region(region);
         }
         Ok(durable)
+    }
+
+    /// `peer_counts` recomputed from scratch, to check the incremental one.
+    fn count_peers(&self) -> BTreeMap<u64, u64> {
+        let mut counts = BTreeMap::new();
+        for peer in self.regions.values().flat_map(|r| &r.peers) {
+            *counts.entry(peer.store_id).or_default() += 1;
+        }
+        counts
     }
 
     /// Ids of regions whose range overlaps `[start, end)` (end 0 = ring end).
@@ -120,10 +147,23 @@ impl Durable {
             if self.ring.get(&region.start_hash) == Some(&id) {
                 self.ring.remove(&region.start_hash);
             }
+            for peer in &region.peers {
+                if let Some(count) = self.peer_counts.get_mut(&peer.store_id) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.peer_counts.remove(&peer.store_id);
+                    }
+                }
+            }
         }
     }
 
+    /// Adds `region`, replacing any region with its id.
     fn insert_region(&mut self, region: Region) {
+        self.remove_region(region.id);
+        for peer in &region.peers {
+            *self.peer_counts.entry(peer.store_id).or_default() += 1;
+        }
         self.ring.insert(region.start_hash, region.id);
         self.regions.insert(region.id, region);
     }
@@ -154,13 +194,18 @@ pub struct ClusterState {
     durable: Durable,
     /// Next id to hand out; always <= `durable.id_watermark`.
     next_id: u64,
+    /// When this placement process opened the state: stores not heard from since count as
+    /// silent from here, not from before the restart.
+    started: Instant,
     stores_live: HashMap<u64, StoreLive>,
     regions_live: HashMap<u64, RegionLive>,
+    operators: OperatorController,
 }
 
 impl ClusterState {
-    /// Opens the state in `dir`, creating a new cluster (with a fresh random id) if empty.
-    pub fn open(dir: &Path, config: PlacementConfig) -> Result<ClusterState> {
+    /// Opens the state in `dir`, creating a new cluster (with a fresh random id) if empty;
+    /// `now` is placement's start time.
+    pub fn open(dir: &Path, config: PlacementConfig, now: Instant) -> Result<ClusterState> {
         let storage = Storage::open(dir)?;
         let (durable, fresh) = match storage.load()? {
             Some(saved) => (Durable::from_proto(saved)?, false),
@@ -179,13 +224,17 @@ impl ClusterState {
                 (durable, true)
             }
         };
+        let operators =
+            OperatorController::new(config.operator_timeout, config.replica_schedule_limit);
         let mut state = ClusterState {
             config,
             storage,
             next_id: durable.id_watermark.max(1),
             durable,
+            started: now,
             stores_live: HashMap::new(),
             regions_live: HashMap::new(),
+            operators,
         };
         if fresh {
             state.commit(state.durable.clone())?;
@@ -206,6 +255,7 @@ impl ClusterState {
 
     /// Saves `next` and makes it the live durable state.
     fn commit(&mut self, next: Durable) -> Result<()> {
+        debug_assert_eq!(next.peer_counts, next.count_peers(), "peer counts drifted");
         self.storage.save(&next.to_proto())?;
         self.durable = next;
         Ok(())
@@ -414,14 +464,32 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Takes a leader's report about its region; see the module docs for what is refused.
+    /// Takes a leader's report about its region (see the module docs for what is refused)
+    /// and answers with the step the region should take next; an empty answer (no
+    /// `change_peer`, no `transfer_leader`) means nothing to do. `pending_peers` are the
+    /// peers the leader says are still catching up.
     pub fn region_heartbeat(
         &mut self,
         region: Region,
         leader: Option<Peer>,
         term: u64,
         stats: RegionStats,
-    ) -> Result<()> {
+        pending_peers: &[Peer],
+        now: Instant,
+    ) -> Result<RegionHeartbeatResponse> {
+        let leader = self.record_region_report(&region, leader, term, stats, now)?;
+        self.schedule(&region, &leader, pending_peers, now)
+    }
+
+    /// Validates a region report and makes it placement's view; returns its leader.
+    fn record_region_report(
+        &mut self,
+        region: &Region,
+        leader: Option<Peer>,
+        term: u64,
+        stats: RegionStats,
+        now: Instant,
+    ) -> Result<Peer> {
         self.require_bootstrapped()?;
         let id = region.id;
         let epoch = region.epoch.unwrap_or_default();
@@ -464,7 +532,7 @@ impl ClusterState {
                 });
             }
             if epoch == known_epoch {
-                if *known != region {
+                if known != region {
                     return Err(PlacementError::Invalid(format!(
                         "region {id} changed without an epoch change"
                     )));
@@ -513,6 +581,7 @@ impl ClusterState {
             self.commit(next)?;
             for other in &overlaps {
                 self.regions_live.remove(other);
+                self.operators.cancel(*other, now);
             }
             tracing::info!(
                 region = id,
@@ -528,7 +597,85 @@ impl ClusterState {
         live.leader = Some(leader);
         live.term = term;
         live.stats = stats;
-        Ok(())
+        Ok(leader)
+    }
+
+    /// Judges the operator in flight for `region` by its accepted report, or asks the
+    /// replica checker for a new one; returns the step to send.
+    fn schedule(
+        &mut self,
+        region: &Region,
+        leader: &Peer,
+        pending_peers: &[Peer],
+        now: Instant,
+    ) -> Result<RegionHeartbeatResponse> {
+        let in_flight = self.operators.on_region_report(region, leader, now);
+        self.operators.expire(now);
+        if let Some(step) = in_flight {
+            return Ok(step);
+        }
+        if !self.operators.has_room() {
+            return Ok(RegionHeartbeatResponse::default());
+        }
+        let stores: BTreeMap<u64, StoreHealth> = self
+            .durable
+            .stores
+            .iter()
+            .map(|(&id, store)| (id, self.store_health(id, store, now)))
+            .collect();
+        let view = ClusterView {
+            max_replicas: self.config.max_replicas as usize,
+            stores: &stores,
+            peer_counts: &self.durable.peer_counts,
+        };
+        let Some(decision) = check_replicas(&view, region, leader, pending_peers) else {
+            return Ok(RegionHeartbeatResponse::default());
+        };
+        let (kind, peer, reason) = match decision {
+            Decision::AddLearner { store_id, reason } => {
+                // Allocated through the durable watermark: a restarted placement never hands
+                // the same peer id out again, even for a learner it no longer remembers.
+                let (id, _) = self.alloc_ids(1)?;
+                let peer = Peer {
+                    id,
+                    store_id,
+                    role: PeerRole::Learner as i32,
+                };
+                (OperatorKind::AddLearner, peer, reason)
+            }
+            Decision::Step { kind, peer, reason } => (kind, peer, reason),
+        };
+        Ok(self.operators.add(Operator {
+            region_id: region.id,
+            kind,
+            peer,
+            epoch: region.epoch.unwrap_or_default(),
+            created: now,
+            reason,
+        }))
+    }
+
+    /// How healing sees a store at `now`.
+    fn store_health(&self, store_id: u64, store: &PersistedStore, now: Instant) -> StoreHealth {
+        let down_after = self.config.max_store_down_time;
+        if store.tombstone {
+            return StoreHealth::Tombstone;
+        }
+        match self.stores_live.get(&store_id) {
+            Some(live) if now.saturating_duration_since(live.last_heartbeat) <= down_after => {
+                StoreHealth::Up
+            }
+            Some(_) => StoreHealth::Down,
+            None if now.saturating_duration_since(self.started) <= down_after => {
+                StoreHealth::Unknown
+            }
+            None => StoreHealth::Down,
+        }
+    }
+
+    /// The operators in flight, by region id.
+    pub fn operators(&self, now: Instant) -> Vec<OperatorInfo> {
+        self.operators.infos(now)
     }
 
     fn with_leader(&self, region: &Region) -> RegionWithLeader {

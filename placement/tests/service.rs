@@ -8,10 +8,10 @@ use ringkv_placement::{PlacementConfig, RunningPlacement, ServeConfig};
 use ringkv_proto::metapb::{Peer, Region, RegionEpoch, Store};
 use ringkv_proto::placementpb::placement_client::PlacementClient;
 use ringkv_proto::placementpb::{
-    get_region_request, AllocIdRequest, BootstrapRequest, GetAllStoresRequest,
-    GetClusterInfoRequest, GetRegionRequest, PutStoreRequest, RegionHeartbeatRequest,
-    RegionWithLeader, RequestHeader, ScanRegionsRequest, StoreHeartbeatRequest, StoreState,
-    StoreStats,
+    get_region_request, AllocIdRequest, BootstrapRequest, ChangePeerType, GetAllStoresRequest,
+    GetClusterInfoRequest, GetOperatorsRequest, GetRegionRequest, PutStoreRequest,
+    RegionHeartbeatRequest, RegionHeartbeatResponse, RegionWithLeader, RequestHeader,
+    ScanRegionsRequest, StoreHeartbeatRequest, StoreState, StoreStats,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -27,6 +27,7 @@ async fn start(dir: &Path) -> RunningPlacement {
             placement: PlacementConfig {
                 max_replicas: 3,
                 max_store_down_time: Duration::from_secs(60),
+                ..PlacementConfig::default()
             },
         },
         None,
@@ -99,7 +100,7 @@ async fn heartbeat(
     region: &Region,
     leader: Peer,
     term: u64,
-) -> Result<(), tonic::Status> {
+) -> Result<RegionHeartbeatResponse, tonic::Status> {
     client
         .region_heartbeat(RegionHeartbeatRequest {
             header: header(cluster),
@@ -107,9 +108,21 @@ async fn heartbeat(
             leader: Some(leader),
             term,
             stats: None,
+            pending_peers: vec![],
         })
         .await
-        .map(drop)
+        .map(tonic::Response::into_inner)
+}
+
+async fn store_heartbeat(client: &mut Client, cluster: u64, store_id: u64) {
+    client
+        .store_heartbeat(StoreHeartbeatRequest {
+            header: header(cluster),
+            store_id,
+            stats: None,
+        })
+        .await
+        .expect("store heartbeat");
 }
 
 async fn scan(client: &mut Client, cluster: u64) -> Vec<RegionWithLeader> {
@@ -488,6 +501,73 @@ async fn status_page_lists_stores_and_regions() {
     assert_eq!(json["cluster_id"].as_u64(), Some(boot.cluster));
     assert_eq!(json["regions"].as_array().map(Vec::len), Some(2), "{json}");
     assert_eq!(json["stores"][0]["id"].as_u64(), Some(boot.store), "{json}");
+    placement.shutdown().await;
+}
+
+#[tokio::test]
+async fn region_heartbeat_answers_add_learner_once_more_stores_are_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let placement = start(dir.path()).await;
+    let mut client = connect(placement.grpc_addr()).await;
+    let boot = bootstrap(&mut client).await;
+    let region = boot.regions[0].clone();
+    let leader = region.peers[0];
+    store_heartbeat(&mut client, boot.cluster, boot.store).await;
+    let answer = heartbeat(&mut client, boot.cluster, &region, leader, 1)
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        answer,
+        RegionHeartbeatResponse::default(),
+        "one store: nowhere to add a replica"
+    );
+
+    let new_stores = alloc(&mut client, boot.cluster, 2).await;
+    for (n, &id) in new_stores.iter().enumerate() {
+        client
+            .put_store(PutStoreRequest {
+                header: header(boot.cluster),
+                store: Some(store(id, 21_000 + 10 * n as u16)),
+            })
+            .await
+            .expect("register store");
+        store_heartbeat(&mut client, boot.cluster, id).await;
+    }
+    let answer = heartbeat(&mut client, boot.cluster, &region, leader, 1)
+        .await
+        .expect("heartbeat");
+    assert_eq!(answer.region_id, region.id, "{answer:?}");
+    assert_eq!(answer.region_epoch, region.epoch, "{answer:?}");
+    let change = answer.change_peer.expect("a membership change");
+    assert_eq!(change.change_type, ChangePeerType::AddLearner as i32);
+    let learner = change.peer.expect("the new peer");
+    assert!(
+        new_stores.contains(&learner.store_id),
+        "the learner goes to a new store: {learner:?}"
+    );
+
+    let operators = client
+        .get_operators(GetOperatorsRequest {
+            header: header(boot.cluster),
+        })
+        .await
+        .expect("operators")
+        .into_inner()
+        .operators;
+    assert_eq!(operators.len(), 1, "{operators:?}");
+    assert_eq!(
+        (operators[0].region_id, operators[0].kind.as_str()),
+        (region.id, "add-learner")
+    );
+    let http = placement.http_addr().expect("HTTP address");
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(http, "/status").await).expect("JSON");
+    assert_eq!(json["operators"][0]["kind"], "add-learner", "{json}");
+    assert_eq!(
+        json["operators"][0]["region_id"].as_u64(),
+        Some(region.id),
+        "{json}"
+    );
     placement.shutdown().await;
 }
 
