@@ -189,6 +189,51 @@ impl PeerStorage {
         }
     }
 
+    /// The storage of a peer created on this store to join region `region_id`: no range, no
+    /// peers, an empty log, waiting for a snapshot. It keeps the term and vote of an earlier
+    /// incarnation that never got initialized (a vote must never be forgotten).
+    pub fn uninitialized(
+        engine: Engine,
+        store_id: u64,
+        snap_dir: PathBuf,
+        region_id: u64,
+    ) -> Result<PeerStorage> {
+        let earlier: Option<RaftLocalState> =
+            engine.get_msg(CF_META, &keys::raft_state_key(region_id), "RaftLocalState")?;
+        let raft_state = RaftLocalState {
+            term: earlier.as_ref().map_or(0, |s| s.term),
+            vote: earlier.as_ref().map_or(0, |s| s.vote),
+            ..Default::default()
+        };
+        Ok(PeerStorage {
+            engine,
+            store_id,
+            snap_dir,
+            region: Region {
+                id: region_id,
+                ..Default::default()
+            },
+            raft_state,
+            apply_state: RaftApplyState::default(),
+            conf_state: ConfState::default(),
+            generation: RefCell::new(SnapshotGeneration::Idle),
+        })
+    }
+
+    /// The persisted state of `region_id` on this store (tombstones included), if any.
+    pub fn load_region_state(engine: &Engine, region_id: u64) -> Result<Option<RegionLocalState>> {
+        engine.get_msg(
+            CF_META,
+            &keys::region_state_key(region_id),
+            "RegionLocalState",
+        )
+    }
+
+    /// Whether the peer has a range and a configuration (bootstrapped or from a snapshot).
+    pub fn is_initialized(&self) -> bool {
+        !self.region.peers.is_empty()
+    }
+
     pub fn region_id(&self) -> u64 {
         self.region.id
     }
@@ -284,10 +329,58 @@ impl PeerStorage {
         )
     }
 
-    /// Stages a new conf state (after a conf change entry is applied).
-    pub fn set_conf_state(&mut self, conf_state: ConfState, batch: &mut WriteBatch) -> Result<()> {
+    /// Stages a membership change: the region (new peers, new conf_ver) and raft's conf
+    /// state, in the apply batch that also records the conf change entry as applied.
+    pub fn set_region(
+        &mut self,
+        region: Region,
+        conf_state: ConfState,
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        self.region = region;
         self.conf_state = conf_state;
+        // A cached snapshot carries the old configuration: a peer added since would find
+        // itself missing from it and refuse it. (A transfer already streaming has the file
+        // open and finishes.)
+        if let SnapshotGeneration::Ready(file) = self.generation.replace(SnapshotGeneration::Idle) {
+            file.remove();
+        }
         self.write_region_state(batch)
+    }
+
+    /// Stages the destruction of this peer: a tombstone (the region as last known, so stale
+    /// messages for it are recognized), its raft state and log gone, and — when `delete_data`
+    /// — its data range deleted. One batch: a crash leaves the peer either whole or gone.
+    pub fn destroy(&self, delete_data: bool, batch: &mut WriteBatch) -> Result<()> {
+        let id = self.region.id;
+        let tombstone = RegionLocalState {
+            region: Some(self.region.clone()),
+            state: PeerState::Tombstone as i32,
+            conf_state: Some(conf_state_from_raft(&self.conf_state)),
+        };
+        batch.put_msg(
+            &self.engine,
+            CF_META,
+            &keys::region_state_key(id),
+            &tombstone,
+        )?;
+        batch.delete(&self.engine, CF_META, &keys::raft_state_key(id))?;
+        batch.delete(&self.engine, CF_META, &keys::apply_state_key(id))?;
+        batch.delete_range(
+            &self.engine,
+            CF_RAFT,
+            &keys::raft_log_key(id, 0),
+            &keys::raft_log_key(id, u64::MAX),
+        )?;
+        if delete_data && self.is_initialized() {
+            batch.delete_range(
+                &self.engine,
+                CF_DEFAULT,
+                &keys::data_range_start(self.region.start_hash),
+                &keys::data_range_end(self.region.end_hash),
+            )?;
+        }
+        Ok(())
     }
 
     fn write_region_state(&self, batch: &mut WriteBatch) -> Result<()> {
@@ -342,8 +435,9 @@ impl PeerStorage {
         let meta = snap.get_metadata();
         let file = SnapshotFile::from_snapshot(snap, &self.snap_dir)?;
         let region = file.meta.region.clone().unwrap_or_default();
-        let old_region = self.region.clone();
-        for r in [&old_region, &region] {
+        // An uninitialized peer has no range of its own (and must not delete the whole ring).
+        let old_region = self.is_initialized().then(|| self.region.clone());
+        for r in old_region.iter().chain([&region]) {
             batch.delete_range(
                 &self.engine,
                 CF_DEFAULT,
@@ -478,7 +572,7 @@ impl raft::Storage for PeerStorage {
 
     /// Snapshots are generated off the poller thread: the first call starts a generation and
     /// answers "temporarily unavailable"; raft asks again on the follower's next response.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut generation = self.generation.borrow_mut();
         if let SnapshotGeneration::Running(rx) = &*generation {
             match rx.try_recv() {
@@ -499,7 +593,16 @@ impl raft::Storage for PeerStorage {
             // A snapshot older than the compacted log is useless: the follower would need
             // entries after it that are gone, and would be sent the same snapshot forever.
             let fresh = file.index() >= request_index && file.index() >= self.truncated_index();
-            if fresh && file.exists() {
+            // One made before `to` joined the configuration would be refused by it.
+            let conf = file.snapshot.get_metadata().get_conf_state();
+            let names_to = [
+                conf.get_voters(),
+                conf.get_learners(),
+                conf.get_voters_outgoing(),
+            ]
+            .iter()
+            .any(|ids| ids.contains(&to));
+            if fresh && names_to && file.exists() {
                 return Ok(file.snapshot.clone());
             }
             file.remove();

@@ -15,7 +15,7 @@ mod router;
 
 pub use msg::{
     done, epoch_not_match, get_result, not_leader, other_error, region_not_found, server_is_busy,
-    timeout, Command, PeerMsg, PeerStatus, RegionStatus, Reply,
+    timeout, ChangePeer, Command, PeerMsg, PeerStatus, RegionStatus, Reply,
 };
 pub use router::{Router, SendError};
 
@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::engine::{Engine, EngineError, PeerStorage, PersistedRegion};
 use crate::keys;
@@ -122,6 +121,17 @@ impl RaftStore {
             }
             let storage =
                 PeerStorage::new(engine.clone(), cfg.store_id, cfg.snap_dir.clone(), region);
+            if crate::region::find_peer_on_store(&storage.region, cfg.store_id).is_none() {
+                // It applied its own removal and crashed before destroying itself.
+                let mut batch = engine.batch();
+                storage.destroy(true, &mut batch)?;
+                engine.write(batch, true)?;
+                tracing::info!(
+                    region = storage.region.id,
+                    "destroyed a peer removed before the restart"
+                );
+                continue;
+            }
             let fsm =
                 peer::PeerFsm::new(storage, engine.clone(), &cfg).map_err(StoreError::Peer)?;
             let region = fsm.region().clone();
@@ -135,8 +145,8 @@ impl RaftStore {
                 mailbox,
                 engine: engine.clone(),
                 sender: sender.clone(),
-                tick_interval: Duration::from_millis(cfg.raft_tick_ms),
-                store_id: cfg.store_id,
+                router: router.clone(),
+                cfg: cfg.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("raft-poller-{}-{index}", cfg.store_id))
@@ -268,10 +278,7 @@ fn bootstrap(engine: &Engine, regions: Vec<Region>) -> Result<Vec<PersistedRegio
 
 /// Answers a command for a region this store does not have.
 pub(crate) fn reply_region_not_found(command: Command, region_id: u64) {
-    let reply = match command {
-        Command::Write { reply, .. } | Command::Read { reply, .. } => reply,
-    };
-    let _ = reply.send(region_not_found(region_id));
+    let _ = command.into_reply().send(region_not_found(region_id));
 }
 
 #[cfg(test)]

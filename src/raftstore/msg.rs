@@ -28,6 +28,42 @@ pub enum Command {
         key: Bytes,
         reply: Reply,
     },
+    /// A membership change (from a placement operator), proposed only if the region still
+    /// has `epoch`. Answered once proposed: placement follows it to completion through the
+    /// region's heartbeats.
+    ChangePeer {
+        epoch: RegionEpoch,
+        change: ChangePeer,
+        peer: Peer,
+        reply: Reply,
+    },
+    /// Hands leadership to `peer` (a caught-up voter), if the region still has `epoch`.
+    TransferLeader {
+        epoch: RegionEpoch,
+        peer: Peer,
+        reply: Reply,
+    },
+}
+
+/// The membership changes a peer can be asked to propose, one at a time (a single change
+/// never needs joint consensus; raft leaves any joint state on its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangePeer {
+    AddLearner,
+    PromoteLearner,
+    RemovePeer,
+}
+
+impl Command {
+    /// Where the answer goes.
+    pub fn into_reply(self) -> Reply {
+        match self {
+            Command::Write { reply, .. }
+            | Command::Read { reply, .. }
+            | Command::ChangePeer { reply, .. }
+            | Command::TransferLeader { reply, .. } => reply,
+        }
+    }
 }
 
 /// A message for one peer (one region on this store).
@@ -68,6 +104,8 @@ pub struct RegionStatus {
     pub first_index: u64,
     pub last_index: u64,
     pub snapshots_applied: u64,
+    /// Peers still catching up (log not matched yet, or behind the compacted log).
+    pub pending_peers: Vec<PeerStatus>,
     pub pending_writes: usize,
     pub pending_reads: usize,
 }
@@ -76,6 +114,8 @@ pub struct RegionStatus {
 pub struct PeerStatus {
     pub id: u64,
     pub store_id: u64,
+    /// "Voter", "Learner", "IncomingVoter" or "DemotingVoter".
+    pub role: String,
 }
 
 /// Builders for the region errors a peer answers with.

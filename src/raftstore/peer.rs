@@ -11,17 +11,18 @@ use bytes::Bytes;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMsg, MessageType, Snapshot,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, Message as RaftMsg, MessageType, Snapshot,
 };
-use raft::{RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
+use raft::{ProgressState, RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
 
-use super::msg::{self, Command, PeerStatus, RegionStatus, Reply};
+use super::msg::{self, ChangePeer, Command, PeerStatus, RegionStatus, Reply};
 use super::StoreConfig;
 use crate::engine::{Engine, PeerStorage, Result as EngineResult, WriteBatch, CF_DEFAULT};
 use crate::keys;
 use crate::proto::kvpb::KvResponse;
-use crate::proto::metapb::{Peer, Region, RegionEpoch};
-use crate::proto::raft_serverpb::{Condition, RaftCmd, RaftMessage, WriteOp};
+use crate::proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
+use crate::proto::raft_serverpb::{ChangePeerContext, Condition, RaftCmd, RaftMessage, WriteOp};
 use crate::region::{find_peer, find_peer_on_store, region_contains};
 
 /// Upper bound on reads waiting for one peer (beyond it clients get ServerIsBusy).
@@ -72,6 +73,13 @@ pub struct PeerFsm {
     pub raw: RawNode<PeerStorage>,
     pub peer: Peer,
     engine: Engine,
+    /// Peers learned from incoming messages: how an uninitialized peer (whose region lists
+    /// nobody yet) knows where to answer the leader.
+    peer_cache: HashMap<u64, Peer>,
+    /// The region's range or peers changed this round (the router must learn it).
+    pub region_changed: bool,
+    /// This peer applied its own removal: destroy it once the apply batch is written.
+    pub removed: bool,
     pending_writes: VecDeque<PendingWrite>,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
@@ -111,11 +119,33 @@ impl slog::Drain for TracingDrain {
 }
 
 impl PeerFsm {
+    /// The peer of an initialized (bootstrapped or snapshot-filled) region on this store.
     pub fn new(storage: PeerStorage, engine: Engine, cfg: &StoreConfig) -> Result<PeerFsm, String> {
         let region = storage.region.clone();
         let peer = find_peer_on_store(&region, cfg.store_id)
             .cloned()
             .ok_or_else(|| format!("region {} has no peer on store {}", region.id, cfg.store_id))?;
+        PeerFsm::with_peer(storage, engine, cfg, peer)
+    }
+
+    /// A peer this store is asked to host by a region's leader (its first message names it):
+    /// empty until the leader's snapshot arrives.
+    pub fn create(
+        storage: PeerStorage,
+        engine: Engine,
+        cfg: &StoreConfig,
+        peer: Peer,
+    ) -> Result<PeerFsm, String> {
+        PeerFsm::with_peer(storage, engine, cfg, peer)
+    }
+
+    fn with_peer(
+        storage: PeerStorage,
+        engine: Engine,
+        cfg: &StoreConfig,
+        peer: Peer,
+    ) -> Result<PeerFsm, String> {
+        let region = storage.region.clone();
         let raft_cfg = raft::Config {
             id: peer.id,
             election_tick: cfg.election_ticks,
@@ -140,6 +170,9 @@ impl PeerFsm {
             raw,
             peer,
             engine,
+            peer_cache: HashMap::new(),
+            region_changed: false,
+            removed: false,
             pending_writes: VecDeque::new(),
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
@@ -170,12 +203,62 @@ impl PeerFsm {
             .flatten()
     }
 
+    pub fn is_initialized(&self) -> bool {
+        self.raw.store().is_initialized()
+    }
+
+    fn epoch(&self) -> RegionEpoch {
+        self.region().epoch.unwrap_or_default()
+    }
+
+    /// When `message` comes from a peer that is no longer in this region, and the sender's
+    /// epoch shows it missed its removal: the tombstone message that tells it to go.
+    pub fn tombstone_reply_for(&self, message: &RaftMessage) -> Option<RaftMessage> {
+        let from = message.from_peer?;
+        if !self.is_initialized() || find_peer(self.region(), from.id).is_some() {
+            return None;
+        }
+        let theirs = message.region_epoch.unwrap_or_default();
+        if theirs.conf_ver >= self.epoch().conf_ver {
+            return None; // it may know more than we do (a change we have not applied yet)
+        }
+        Some(RaftMessage {
+            region_id: self.region_id(),
+            from_peer: Some(self.peer),
+            to_peer: Some(from),
+            region_epoch: Some(self.epoch()),
+            message: Bytes::new(),
+            is_tombstone: true,
+        })
+    }
+
+    /// Answers everything waiting here (the peer is being destroyed), and stages its
+    /// destruction into `batch`.
+    pub fn destroy(&mut self, delete_data: bool, batch: &mut WriteBatch) -> EngineResult<()> {
+        let gone = msg::region_not_found(self.region_id());
+        for pending in self.pending_writes.drain(..) {
+            let _ = pending.reply.send(gone.clone());
+        }
+        for batch in self.read_batches.drain(..) {
+            for read in batch.reads {
+                let _ = read.reply.send(gone.clone());
+            }
+        }
+        for read in self.new_reads.drain(..) {
+            let _ = read.reply.send(gone.clone());
+        }
+        self.raw.store().destroy(delete_data, batch)
+    }
+
     fn not_leader(&self) -> KvResponse {
         msg::not_leader(self.region_id(), self.leader_peer())
     }
 
     /// A raft message from another store.
     pub fn step(&mut self, message: RaftMessage) {
+        if let Some(from) = message.from_peer {
+            self.peer_cache.insert(from.id, from);
+        }
         if message.to_peer.as_ref().map(|p| p.id) != Some(self.peer.id) {
             tracing::debug!(
                 region = self.region_id(),
@@ -218,7 +301,182 @@ impl PeerFsm {
                 reply,
             } => self.propose_write(request_id, epoch, ops, conditions, reply),
             Command::Read { key, reply, .. } => self.queue_read(key, reply),
+            Command::ChangePeer {
+                epoch,
+                change,
+                peer,
+                reply,
+            } => {
+                let response = self.propose_change_peer(epoch, change, peer);
+                let _ = reply.send(response);
+            }
+            Command::TransferLeader { epoch, peer, reply } => {
+                let response = self.transfer_leader(epoch, peer);
+                let _ = reply.send(response);
+            }
         }
+    }
+
+    /// Peers the leader is still catching up: no matched log yet, a snapshot in flight, or
+    /// behind the compacted log. Such a peer is not promoted or handed leadership.
+    fn pending_peer_ids(&self) -> Vec<u64> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let truncated = self.raw.store().truncated_index();
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, progress)| {
+                **id != self.peer.id
+                    && (progress.matched == 0
+                        || progress.matched < truncated
+                        || progress.state == ProgressState::Snapshot)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn in_joint_state(&self) -> bool {
+        !self
+            .raw
+            .store()
+            .raft_conf_state()
+            .get_voters_outgoing()
+            .is_empty()
+    }
+
+    /// Checks a membership change against the region as it is now and proposes it.
+    fn propose_change_peer(
+        &mut self,
+        epoch: RegionEpoch,
+        change: ChangePeer,
+        peer: Peer,
+    ) -> KvResponse {
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        if epoch != self.epoch() {
+            return msg::epoch_not_match(
+                format!(
+                    "region {} changed since the change was planned",
+                    self.region_id()
+                ),
+                self.region().clone(),
+            );
+        }
+        if self.raw.raft.has_pending_conf() || self.in_joint_state() {
+            return msg::server_is_busy("a membership change is still in progress", 100);
+        }
+        let region = self.region();
+        let existing = find_peer(region, peer.id);
+        let (change_type, refusal) = match change {
+            ChangePeer::AddLearner => (
+                ConfChangeType::AddLearnerNode,
+                if existing.is_some() {
+                    Some(format!("peer {} is already in the region", peer.id))
+                } else if find_peer_on_store(region, peer.store_id).is_some() {
+                    Some(format!(
+                        "store {} already hosts a peer of the region",
+                        peer.store_id
+                    ))
+                } else {
+                    None
+                },
+            ),
+            ChangePeer::PromoteLearner => (
+                ConfChangeType::AddNode,
+                match existing {
+                    Some(p) if p.role == PeerRole::Learner as i32 => self
+                        .pending_peer_ids()
+                        .contains(&peer.id)
+                        .then(|| format!("learner {} is still catching up", peer.id)),
+                    _ => Some(format!("peer {} is not a learner of the region", peer.id)),
+                },
+            ),
+            ChangePeer::RemovePeer => (
+                ConfChangeType::RemoveNode,
+                if existing.is_none() {
+                    Some(format!("peer {} is not in the region", peer.id))
+                } else if peer.id == self.peer.id {
+                    Some("the leader cannot remove itself; transfer leadership first".into())
+                } else {
+                    None
+                },
+            ),
+        };
+        if let Some(reason) = refusal {
+            return msg::other_error(format!("region {}: {reason}", self.region_id()));
+        }
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = peer.id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.mut_changes().push(single);
+        let context = ChangePeerContext {
+            epoch: Some(self.epoch()),
+            peers: vec![Peer {
+                role: match change {
+                    ChangePeer::AddLearner => PeerRole::Learner as i32,
+                    _ => PeerRole::Voter as i32,
+                },
+                ..peer
+            }],
+        };
+        cc.set_context(context.encode_to_vec().into());
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                tracing::info!(
+                    region = self.region_id(),
+                    ?change,
+                    peer = peer.id,
+                    store = peer.store_id,
+                    "membership change proposed"
+                );
+                msg::done()
+            }
+            Err(err) => msg::server_is_busy(&format!("membership change dropped: {err}"), 100),
+        }
+    }
+
+    fn transfer_leader(&mut self, epoch: RegionEpoch, peer: Peer) -> KvResponse {
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        if epoch != self.epoch() {
+            return msg::epoch_not_match(
+                format!(
+                    "region {} changed since the transfer was planned",
+                    self.region_id()
+                ),
+                self.region().clone(),
+            );
+        }
+        match find_peer(self.region(), peer.id) {
+            Some(p) if p.role == PeerRole::Voter as i32 => {}
+            _ => {
+                return msg::other_error(format!(
+                    "region {}: peer {} is not a voter",
+                    self.region_id(),
+                    peer.id
+                ))
+            }
+        }
+        if self.pending_peer_ids().contains(&peer.id) {
+            return msg::server_is_busy("the transferee is still catching up", 100);
+        }
+        if peer.id != self.peer.id {
+            tracing::info!(
+                region = self.region_id(),
+                to = peer.id,
+                store = peer.store_id,
+                "transferring leadership"
+            );
+            self.raw.transfer_leader(peer.id);
+        }
+        msg::done()
     }
 
     fn check_epoch(&self, epoch: Option<&RegionEpoch>) -> Option<KvResponse> {
@@ -416,6 +674,7 @@ impl PeerFsm {
                 "applying snapshot"
             );
             applied_snapshot = Some(snapshot);
+            self.on_region_changed();
             dirty = true;
         }
         let committed = ready.take_committed_entries();
@@ -508,7 +767,9 @@ impl PeerFsm {
     fn wrap_messages(&self, messages: Vec<RaftMsg>, outbox: &mut Vec<RaftMessage>) {
         let region = self.region();
         for message in messages {
-            let Some(to_peer) = find_peer(region, message.to).cloned() else {
+            let to_peer =
+                find_peer(region, message.to).or_else(|| self.peer_cache.get(&message.to));
+            let Some(to_peer) = to_peer.cloned() else {
                 tracing::debug!(
                     region = region.id,
                     to = message.to,
@@ -532,6 +793,7 @@ impl PeerFsm {
                 to_peer: Some(to_peer),
                 region_epoch: region.epoch,
                 message: bytes.into(),
+                is_tombstone: false,
             });
         }
     }
@@ -628,23 +890,80 @@ impl PeerFsm {
         }
     }
 
+    /// Applies a membership change on this replica: raft's configuration, the region's peers
+    /// and conf_ver, persisted in the apply batch with the applied index. A change proposed
+    /// against an epoch the region no longer has is skipped — by every replica alike, since
+    /// each decides from the same log.
     fn apply_conf_change(&mut self, entry: &Entry, batch: &mut WriteBatch) -> EngineResult<()> {
-        let applied = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-            ConfChangeV2::parse_from_bytes(entry.get_data())
-                .map_err(Into::into)
-                .map(|cc| self.raw.apply_conf_change(&cc))
-        } else {
-            ConfChange::parse_from_bytes(entry.get_data())
-                .map_err(Into::into)
-                .map(|cc| self.raw.apply_conf_change(&cc))
-        };
-        match applied {
-            Ok(Ok(conf_state)) => self.raw.mut_store().set_conf_state(conf_state, batch),
-            Ok(Err(err)) => {
-                tracing::warn!(region = self.region_id(), %err, "conf change rejected by raft");
-                Ok(())
+        let region_id = self.region_id();
+        if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+            tracing::error!(
+                region = region_id,
+                index = entry.index,
+                "conf change v1 entry skipped (never proposed by ringkv)"
+            );
+            return Ok(());
+        }
+        let cc = match ConfChangeV2::parse_from_bytes(entry.get_data()) {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!(region = region_id, index = entry.index, %err, "undecodable conf change skipped");
+                return Ok(());
             }
-            Err(err) => Err(err),
+        };
+        let context = if cc.get_changes().is_empty() {
+            ChangePeerContext::default() // raft leaving a joint state
+        } else {
+            match ChangePeerContext::decode(cc.get_context()) {
+                Ok(context) => context,
+                Err(err) => {
+                    tracing::error!(region = region_id, index = entry.index, %err, "conf change without a context skipped");
+                    return Ok(());
+                }
+            }
+        };
+        if let Some(proposed) = context.epoch {
+            if proposed.conf_ver != self.epoch().conf_ver {
+                tracing::info!(
+                    region = region_id,
+                    index = entry.index,
+                    proposed = proposed.conf_ver,
+                    now = self.epoch().conf_ver,
+                    "stale membership change skipped"
+                );
+                return Ok(());
+            }
+        }
+        let conf_state = match self.raw.apply_conf_change(&cc) {
+            Ok(conf_state) => conf_state,
+            Err(err) => {
+                tracing::warn!(region = region_id, %err, "conf change rejected by raft");
+                return Ok(());
+            }
+        };
+        let mut region = self.region().clone();
+        region.peers = peers_from_conf_state(&conf_state, &region.peers, &context.peers);
+        let mut epoch = self.epoch();
+        epoch.conf_ver += 1;
+        region.epoch = Some(epoch);
+        tracing::info!(
+            region = region_id,
+            conf_ver = epoch.conf_ver,
+            peers = ?region.peers.iter().map(|p| (p.id, p.store_id, p.role)).collect::<Vec<_>>(),
+            "membership changed"
+        );
+        self.raw.mut_store().set_region(region, conf_state, batch)?;
+        self.on_region_changed();
+        Ok(())
+    }
+
+    /// Follows a new region shape: this peer's own role, or its removal.
+    fn on_region_changed(&mut self) {
+        self.region_changed = true;
+        match find_peer(self.region(), self.peer.id) {
+            Some(me) => self.peer = *me,
+            None if self.is_initialized() => self.removed = true,
+            None => {}
         }
     }
 
@@ -688,14 +1007,7 @@ impl PeerFsm {
             conf_ver: epoch.conf_ver,
             version: epoch.version,
             peer_id: self.peer.id,
-            peers: region
-                .peers
-                .iter()
-                .map(|p| PeerStatus {
-                    id: p.id,
-                    store_id: p.store_id,
-                })
-                .collect(),
+            peers: region.peers.iter().map(peer_status).collect(),
             role: format!("{:?}", self.raw.raft.state),
             is_leader: self.is_leader(),
             leader_peer_id: leader.as_ref().map_or(0, |p| p.id),
@@ -706,6 +1018,12 @@ impl PeerFsm {
             first_index: store.first_index().unwrap_or(0),
             last_index: store.last_log_index(),
             snapshots_applied: self.snapshots_applied,
+            pending_peers: self
+                .pending_peer_ids()
+                .into_iter()
+                .filter_map(|id| find_peer(region, id))
+                .map(peer_status)
+                .collect(),
             pending_writes: self.pending_writes.len(),
             pending_reads: self
                 .read_batches
@@ -714,5 +1032,112 @@ impl PeerFsm {
                 .sum::<usize>()
                 + self.new_reads.len(),
         }
+    }
+}
+
+fn peer_status(peer: &Peer) -> PeerStatus {
+    let role = PeerRole::try_from(peer.role).unwrap_or(PeerRole::Voter);
+    PeerStatus {
+        id: peer.id,
+        store_id: peer.store_id,
+        role: format!("{role:?}"),
+    }
+}
+
+/// The region's peers after a membership change, read off raft's new configuration: every
+/// peer raft still knows, with its role; stores come from the old peers or the change itself.
+fn peers_from_conf_state(conf_state: &ConfState, old: &[Peer], added: &[Peer]) -> Vec<Peer> {
+    let incoming = conf_state.get_voters();
+    let outgoing = conf_state.get_voters_outgoing();
+    let joint = !outgoing.is_empty();
+    let learners = conf_state
+        .get_learners()
+        .iter()
+        .chain(conf_state.get_learners_next());
+    let mut ids: Vec<u64> = incoming
+        .iter()
+        .chain(outgoing)
+        .chain(learners)
+        .copied()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|id| {
+            let known = added.iter().chain(old).find(|p| p.id == id)?;
+            let role = match (incoming.contains(&id), outgoing.contains(&id)) {
+                (true, true) => PeerRole::Voter,
+                (true, false) if joint => PeerRole::IncomingVoter,
+                (true, false) => PeerRole::Voter,
+                (false, true) => PeerRole::DemotingVoter,
+                (false, false) => PeerRole::Learner,
+            };
+            Some(Peer {
+                id,
+                store_id: known.store_id,
+                role: role as i32,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64, store_id: u64, role: PeerRole) -> Peer {
+        Peer {
+            id,
+            store_id,
+            role: role as i32,
+        }
+    }
+
+    fn conf(voters: &[u64], learners: &[u64], outgoing: &[u64], next: &[u64]) -> ConfState {
+        let mut cs = ConfState::default();
+        cs.set_voters(voters.to_vec());
+        cs.set_learners(learners.to_vec());
+        cs.set_voters_outgoing(outgoing.to_vec());
+        cs.set_learners_next(next.to_vec());
+        cs
+    }
+
+    #[test]
+    fn region_peers_follow_the_configuration_raft_applied() {
+        let old = [peer(1, 10, PeerRole::Voter), peer(2, 20, PeerRole::Voter)];
+        // A learner added on store 30: its store comes from the change's context.
+        let added = [peer(3, 30, PeerRole::Learner)];
+        assert_eq!(
+            peers_from_conf_state(&conf(&[1, 2], &[3], &[], &[]), &old, &added),
+            vec![
+                peer(1, 10, PeerRole::Voter),
+                peer(2, 20, PeerRole::Voter),
+                peer(3, 30, PeerRole::Learner)
+            ]
+        );
+        // Promoted, then peer 1 removed: gone from the region.
+        let now = [
+            peer(1, 10, PeerRole::Voter),
+            peer(2, 20, PeerRole::Voter),
+            peer(3, 30, PeerRole::Learner),
+        ];
+        assert_eq!(
+            peers_from_conf_state(&conf(&[2, 3], &[], &[], &[]), &now, &[]),
+            vec![peer(2, 20, PeerRole::Voter), peer(3, 30, PeerRole::Voter)]
+        );
+        // Joint: 3 incoming, 1 demoted to learner, 2 in both halves.
+        assert_eq!(
+            peers_from_conf_state(&conf(&[2, 3], &[], &[1, 2], &[1]), &now, &[]),
+            vec![
+                peer(1, 10, PeerRole::DemotingVoter),
+                peer(2, 20, PeerRole::Voter),
+                peer(3, 30, PeerRole::IncomingVoter)
+            ]
+        );
+        // A peer raft names but nobody knows the store of is left out, not invented.
+        assert_eq!(
+            peers_from_conf_state(&conf(&[2, 9], &[], &[], &[]), &now, &[]),
+            vec![peer(2, 20, PeerRole::Voter)]
+        );
     }
 }

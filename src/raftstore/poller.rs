@@ -16,16 +16,19 @@
 //! `apply_before_write`, `apply_after_write`, `gc_before_write`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use protobuf::Message as _;
+use raft::eraftpb::{Message as RaftMsg, MessageType};
 
 use super::msg::PeerMsg;
 use super::peer::PeerFsm;
-use super::router::PollerMsg;
-use super::RaftSender;
-use crate::engine::{Engine, EngineError};
-use crate::proto::raft_serverpb::RaftMessage;
+use super::router::{PollerMsg, Router};
+use super::{RaftSender, StoreConfig};
+use crate::engine::{Engine, EngineError, PeerStorage};
+use crate::proto::raft_serverpb::{PeerState, RaftMessage};
 
 /// Bound on mailbox messages handled before the round's Ready processing.
 const MAX_MESSAGES_PER_ROUND: usize = 4096;
@@ -34,14 +37,14 @@ pub struct Poller {
     pub peers: HashMap<u64, PeerFsm>,
     pub mailbox: Receiver<PollerMsg>,
     pub engine: Engine,
-    pub sender: std::sync::Arc<dyn RaftSender>,
-    pub tick_interval: Duration,
-    pub store_id: u64,
+    pub sender: Arc<dyn RaftSender>,
+    pub router: Arc<Router>,
+    pub cfg: StoreConfig,
 }
 
 impl Poller {
     pub fn run(mut self) {
-        let mut next_tick = Instant::now() + self.tick_interval;
+        let mut next_tick = Instant::now() + self.tick_interval();
         let mut touched: HashSet<u64> = HashSet::new();
         loop {
             // Peers left with work by the last round go again without waiting.
@@ -51,7 +54,11 @@ impl Poller {
                 Duration::ZERO
             };
             match self.mailbox.recv_timeout(wait) {
-                Ok(PollerMsg::Peer(region_id, msg)) => self.handle(region_id, msg, &mut touched),
+                Ok(PollerMsg::Peer(region_id, msg)) => {
+                    if let Err(err) = self.handle(region_id, msg, &mut touched) {
+                        crash_stop(self.cfg.store_id, &err)
+                    }
+                }
                 Ok(PollerMsg::Shutdown) => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -59,7 +66,9 @@ impl Poller {
             for _ in 0..MAX_MESSAGES_PER_ROUND {
                 match self.mailbox.try_recv() {
                     Ok(PollerMsg::Peer(region_id, msg)) => {
-                        self.handle(region_id, msg, &mut touched)
+                        if let Err(err) = self.handle(region_id, msg, &mut touched) {
+                            crash_stop(self.cfg.store_id, &err)
+                        }
                     }
                     Ok(PollerMsg::Shutdown) => return,
                     Err(_) => break,
@@ -70,34 +79,167 @@ impl Poller {
                     peer.raw.tick();
                     touched.insert(*region_id);
                 }
-                next_tick = Instant::now() + self.tick_interval;
+                next_tick = Instant::now() + self.tick_interval();
             }
             match self.process_readies(&touched) {
                 Ok(again) => touched = again,
-                Err(err) => crash_stop(self.store_id, &err),
+                Err(err) => crash_stop(self.cfg.store_id, &err),
             }
         }
     }
 
-    fn handle(&mut self, region_id: u64, msg: PeerMsg, touched: &mut HashSet<u64>) {
+    fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.raft_tick_ms)
+    }
+
+    fn handle(
+        &mut self,
+        region_id: u64,
+        msg: PeerMsg,
+        touched: &mut HashSet<u64>,
+    ) -> Result<(), EngineError> {
+        if let PeerMsg::Raft(message) = msg {
+            return self.on_raft_message(region_id, message, touched);
+        }
         let Some(peer) = self.peers.get_mut(&region_id) else {
             if let PeerMsg::Command(command) = msg {
                 // The router knew the region but this poller does not: answer, don't hang.
                 super::reply_region_not_found(command, region_id);
             }
-            return;
+            return Ok(());
         };
         match msg {
-            PeerMsg::Raft(message) => peer.step(message),
+            PeerMsg::Raft(_) => {}
             PeerMsg::Command(command) => peer.handle_command(command),
             PeerMsg::Unreachable { to_peer_id } => peer.report_unreachable(to_peer_id),
             PeerMsg::SnapshotStatus { to_peer_id, ok } => peer.report_snapshot(to_peer_id, ok),
             PeerMsg::Status(reply) => {
                 let _ = reply.send(peer.status());
-                return;
+                return Ok(());
             }
         }
         touched.insert(region_id);
+        Ok(())
+    }
+
+    /// A raft message for `region_id`: stepped into the local peer, or answered with a
+    /// tombstone when it comes from a removed peer, or — for a region this store has no peer
+    /// of — the start of a new peer (a leader replicating to a learner added here), unless a
+    /// tombstone shows it is for a peer already destroyed here.
+    fn on_raft_message(
+        &mut self,
+        region_id: u64,
+        message: RaftMessage,
+        touched: &mut HashSet<u64>,
+    ) -> Result<(), EngineError> {
+        let Some(to_peer) = message.to_peer else {
+            return Ok(());
+        };
+        if to_peer.store_id != self.cfg.store_id {
+            tracing::debug!(
+                region = region_id,
+                to_store = to_peer.store_id,
+                "raft message for another store dropped"
+            );
+            return Ok(());
+        }
+        let their_conf_ver = message.region_epoch.unwrap_or_default().conf_ver;
+        if let Some(peer) = self.peers.get_mut(&region_id) {
+            let local_id = peer.peer.id;
+            if message.is_tombstone {
+                let ours = peer.region().epoch.unwrap_or_default().conf_ver;
+                if to_peer.id == local_id && their_conf_ver > ours {
+                    self.destroy_peer(region_id, "removed from the region (told by a member)")?;
+                }
+                return Ok(());
+            }
+            if to_peer.id < local_id {
+                return Ok(()); // for an earlier incarnation of our peer
+            }
+            if to_peer.id == local_id {
+                if let Some(reply) = peer.tombstone_reply_for(&message) {
+                    self.sender.send(reply);
+                    return Ok(());
+                }
+                peer.step(message);
+                touched.insert(region_id);
+                return Ok(());
+            }
+            // A newer peer of this region is being placed here: ours was removed while it
+            // could not hear about it.
+            self.destroy_peer(region_id, "superseded by a newer peer of the region")?;
+        }
+        if message.is_tombstone || !may_create_peer(&message) {
+            return Ok(());
+        }
+        if let Some(state) = PeerStorage::load_region_state(&self.engine, region_id)? {
+            let known_conf_ver = state
+                .region
+                .as_ref()
+                .and_then(|r| r.epoch)
+                .unwrap_or_default()
+                .conf_ver;
+            let tombstone = state.state == PeerState::Tombstone as i32;
+            if !tombstone || their_conf_ver <= known_conf_ver {
+                tracing::debug!(
+                    region = region_id,
+                    to_peer = to_peer.id,
+                    "raft message for a destroyed peer dropped"
+                );
+                return Ok(());
+            }
+        }
+        let storage = PeerStorage::uninitialized(
+            self.engine.clone(),
+            self.cfg.store_id,
+            self.cfg.snap_dir.clone(),
+            region_id,
+        )?;
+        let mut fsm = match PeerFsm::create(storage, self.engine.clone(), &self.cfg, to_peer) {
+            Ok(fsm) => fsm,
+            Err(err) => {
+                tracing::warn!(region = region_id, %err, "cannot create peer");
+                return Ok(());
+            }
+        };
+        tracing::info!(
+            region = region_id,
+            peer = to_peer.id,
+            "creating a peer to join the region"
+        );
+        metrics::counter!("ringkv_raft_peers_created_total").increment(1);
+        self.router.update_region(fsm.region().clone());
+        fsm.step(message);
+        self.peers.insert(region_id, fsm);
+        touched.insert(region_id);
+        Ok(())
+    }
+
+    /// Destroys a local peer (synced, one batch) and forgets it.
+    fn destroy_peer(&mut self, region_id: u64, why: &str) -> Result<(), EngineError> {
+        let Some(mut peer) = self.peers.remove(&region_id) else {
+            return Ok(());
+        };
+        let region = peer.region().clone();
+        // Another local region may already own part of the range (it was split or moved
+        // here meanwhile): then its data is not ours to delete.
+        let shared = !self
+            .router
+            .overlapping(region_id, region.start_hash, region.end_hash)
+            .is_empty();
+        let mut batch = self.engine.batch();
+        peer.destroy(!shared, &mut batch)?;
+        self.engine.write(batch, true)?;
+        self.router.remove_region(region_id);
+        tracing::info!(
+            region = region_id,
+            peer = peer.peer.id,
+            data_deleted = !shared,
+            reason = why,
+            "peer destroyed"
+        );
+        metrics::counter!("ringkv_raft_peers_destroyed_total").increment(1);
+        Ok(())
     }
 
     /// Runs one round for `touched` peers; returns the peers that still have work.
@@ -156,8 +298,16 @@ impl Poller {
         metrics::counter!("ringkv_raft_applied_commands_total").increment(acknowledged as u64);
 
         let mut gc_batch = self.engine.batch();
+        let mut removed = Vec::new();
         for region_id in advanced {
             if let Some(peer) = self.peers.get_mut(&region_id) {
+                if std::mem::take(&mut peer.region_changed) {
+                    self.router.update_region(peer.region().clone());
+                }
+                if peer.removed {
+                    removed.push(region_id);
+                    continue;
+                }
                 peer.after_apply(&mut gc_batch)?;
                 // Advancing may unlock more work (entries committed meanwhile).
                 if peer.raw.has_ready() {
@@ -167,6 +317,9 @@ impl Poller {
         }
         fail::fail_point!("gc_before_write");
         self.engine.write(gc_batch, false)?;
+        for region_id in removed {
+            self.destroy_peer(region_id, "removed from the region")?;
+        }
         Ok(again)
     }
 
@@ -183,4 +336,16 @@ fn crash_stop(store_id: u64, err: &EngineError) -> ! {
     tracing::error!(store = store_id, %err, "storage write failed; stopping the node (crash-stop)");
     eprintln!("ringkv store {store_id}: fatal storage error: {err}; aborting");
     std::process::abort();
+}
+
+/// Only a leader's replication messages may create a peer here; anything else for an
+/// unknown region is stale or misdirected.
+fn may_create_peer(message: &RaftMessage) -> bool {
+    match RaftMsg::parse_from_bytes(&message.message) {
+        Ok(m) => matches!(
+            m.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        ),
+        Err(_) => false,
+    }
 }

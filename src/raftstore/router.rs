@@ -3,8 +3,12 @@
 //!
 //! Mailboxes are bounded; a full one refuses instead of blocking (callers answer
 //! `ServerIsBusy`, raft messages are dropped and retransmitted by raft).
+//!
+//! Raft messages go to the owning poller even for a region the router does not know: the
+//! poller decides whether they create a new peer (a replica being added to this store) or
+//! are stale (for a peer destroyed here).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::RwLock;
@@ -29,8 +33,20 @@ pub enum SendError {
 
 pub struct Router {
     mailboxes: Vec<Sender<PollerMsg>>,
-    /// Local regions by start hash.
-    regions: RwLock<BTreeMap<u64, Region>>,
+    regions: RwLock<LocalRegions>,
+}
+
+#[derive(Default)]
+struct LocalRegions {
+    /// Every local peer's region, initialized or not.
+    by_id: HashMap<u64, Region>,
+    /// Initialized regions (those with a range) by start hash.
+    by_start: BTreeMap<u64, u64>,
+}
+
+/// A peer created to receive a snapshot has no range or peers yet.
+pub fn is_initialized(region: &Region) -> bool {
+    !region.peers.is_empty()
 }
 
 impl Router {
@@ -38,7 +54,7 @@ impl Router {
         assert!(!mailboxes.is_empty(), "a store needs at least one poller");
         Router {
             mailboxes,
-            regions: RwLock::new(BTreeMap::new()),
+            regions: RwLock::new(LocalRegions::default()),
         }
     }
 
@@ -51,35 +67,63 @@ impl Router {
         self.mailboxes.len()
     }
 
-    /// Records a local region (new, or with a new range/epoch).
+    /// Records a local region (new, or with a new range/epoch/peers).
     pub fn update_region(&self, region: Region) {
         let mut regions = self.regions.write();
-        regions.retain(|_, r| r.id != region.id);
-        regions.insert(region.start_hash, region);
+        if let Some(old) = regions.by_id.get(&region.id) {
+            if is_initialized(old) && regions.by_start.get(&old.start_hash) == Some(&region.id) {
+                let start = old.start_hash;
+                regions.by_start.remove(&start);
+            }
+        }
+        if is_initialized(&region) {
+            regions.by_start.insert(region.start_hash, region.id);
+        }
+        regions.by_id.insert(region.id, region);
+    }
+
+    /// Forgets a destroyed peer's region.
+    pub fn remove_region(&self, region_id: u64) {
+        let mut regions = self.regions.write();
+        if let Some(old) = regions.by_id.remove(&region_id) {
+            if regions.by_start.get(&old.start_hash) == Some(&region_id) {
+                regions.by_start.remove(&old.start_hash);
+            }
+        }
     }
 
     /// The local region whose range holds `hash`.
     pub fn region_for_hash(&self, hash: u64) -> Option<Region> {
         let regions = self.regions.read();
-        let (_, region) = regions.range(..=hash).next_back()?;
+        let (_, id) = regions.by_start.range(..=hash).next_back()?;
+        let region = regions.by_id.get(id)?;
         region_contains(region, hash).then(|| region.clone())
     }
 
     pub fn region(&self, region_id: u64) -> Option<Region> {
-        self.regions
-            .read()
-            .values()
-            .find(|r| r.id == region_id)
-            .cloned()
+        self.regions.read().by_id.get(&region_id).cloned()
     }
 
-    /// Every local region, in ring order.
+    /// Every initialized local region, in ring order.
     pub fn regions(&self) -> Vec<Region> {
-        self.regions.read().values().cloned().collect()
+        let regions = self.regions.read();
+        regions
+            .by_start
+            .values()
+            .filter_map(|id| regions.by_id.get(id).cloned())
+            .collect()
+    }
+
+    /// Initialized local regions other than `region_id` whose range overlaps `[start, end)`.
+    pub fn overlapping(&self, region_id: u64, start: u64, end: u64) -> Vec<Region> {
+        self.regions()
+            .into_iter()
+            .filter(|r| r.id != region_id && ranges_overlap(r, start, end))
+            .collect()
     }
 
     fn has_region(&self, region_id: u64) -> bool {
-        self.regions.read().values().any(|r| r.id == region_id)
+        self.regions.read().by_id.contains_key(&region_id)
     }
 
     /// On failure the message comes back, so a command can still be answered.
@@ -105,21 +149,77 @@ impl Router {
         }
     }
 
-    /// Delivers a raft message from the transport; drops it if the region is unknown or busy
-    /// (raft retransmits).
+    /// Delivers a raft message from the transport to the poller owning its region (known or
+    /// not, see the module docs); drops it if that mailbox is full (raft retransmits).
     pub fn deliver_raft(&self, msg: RaftMessage) {
         let region_id = msg.region_id;
-        if let Err(err) = self.send(region_id, PeerMsg::Raft(msg)) {
-            match err {
-                SendError::RegionNotFound(_) => {
-                    tracing::debug!(region = region_id, "raft message for unknown region dropped")
-                }
-                SendError::Full(_) => {
-                    metrics::counter!("ringkv_raft_messages_dropped_total", "reason" => "mailbox_full")
-                        .increment(1)
-                }
-                SendError::Closed(_) => {}
-            }
+        let mailbox = &self.mailboxes[self.poller_of(region_id)];
+        if let Err(TrySendError::Full(_)) =
+            mailbox.try_send(PollerMsg::Peer(region_id, PeerMsg::Raft(msg)))
+        {
+            metrics::counter!("ringkv_raft_messages_dropped_total", "reason" => "mailbox_full")
+                .increment(1)
         }
+    }
+}
+
+/// Whether `region`'s range and `[start, end)` share a hash (`end == 0`: end of the ring).
+pub fn ranges_overlap(region: &Region, start: u64, end: u64) -> bool {
+    let starts_before_other_ends = end == 0 || region.start_hash < end;
+    let other_starts_before_end = region.end_hash == 0 || start < region.end_hash;
+    starts_before_other_ends && other_starts_before_end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::metapb::Peer;
+
+    fn region(id: u64, start_hash: u64, end_hash: u64, peers: usize) -> Region {
+        Region {
+            id,
+            start_hash,
+            end_hash,
+            peers: (0..peers as u64)
+                .map(|i| Peer {
+                    id: id * 10 + i,
+                    store_id: i + 1,
+                    role: 0,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn uninitialized_regions_are_known_by_id_but_own_no_hashes() {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let router = Router::new(vec![tx]);
+        router.update_region(region(1, 0, 100, 3));
+        router.update_region(region(2, 0, 0, 0)); // created for a snapshot: no range yet
+        assert_eq!(router.region_for_hash(5).map(|r| r.id), Some(1));
+        assert_eq!(router.region_for_hash(500).map(|r| r.id), None);
+        assert!(router.region(2).is_some());
+        assert_eq!(
+            router.regions().len(),
+            1,
+            "only initialized regions are listed"
+        );
+
+        // The snapshot gives region 2 its range; then it is destroyed.
+        router.update_region(region(2, 100, 0, 3));
+        assert_eq!(router.region_for_hash(500).map(|r| r.id), Some(2));
+        assert_eq!(
+            router
+                .overlapping(1, 50, 150)
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        router.remove_region(2);
+        assert_eq!(router.region_for_hash(500).map(|r| r.id), None);
+        assert_eq!(router.region_for_hash(5).map(|r| r.id), Some(1));
+        assert!(router.region(2).is_none());
     }
 }

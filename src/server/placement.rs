@@ -13,13 +13,15 @@ use super::http::collect_region_status;
 use super::kv::KvService;
 use super::NodeError;
 use crate::engine::Engine;
+use crate::proto::kvpb::kv_response;
 use crate::proto::metapb::{Peer, Region, RegionEpoch, Store};
 use crate::proto::placementpb::placement_client::PlacementClient;
 use crate::proto::placementpb::{
-    AllocIdRequest, BootstrapRequest, GetAllStoresRequest, GetClusterInfoRequest, PutStoreRequest,
-    RegionHeartbeatRequest, RequestHeader, ScanRegionsRequest, StoreHeartbeatRequest, StoreStats,
+    AllocIdRequest, BootstrapRequest, ChangePeerType, GetAllStoresRequest, GetClusterInfoRequest,
+    PutStoreRequest, RegionHeartbeatRequest, RegionHeartbeatResponse, RequestHeader,
+    ScanRegionsRequest, StoreHeartbeatRequest, StoreStats,
 };
-use crate::raftstore;
+use crate::raftstore::{self, ChangePeer, Command, PeerMsg};
 use crate::region::split_ring_evenly;
 use crate::transport::Transport;
 
@@ -379,9 +381,10 @@ impl Heartbeats {
     }
 
     async fn once(&self) -> Result<(), NodeError> {
-        let (link, store_id, kv, transport) =
-            (&self.link, self.store_id, &*self.kv, &self.transport);
+        let (link, store_id, kv) = (&self.link, self.store_id, &*self.kv);
         let mut client = link.client.clone();
+        // Addresses first: an operator below may add a peer on a store that just joined.
+        self.refresh_store_addrs().await?;
         let statuses = collect_region_status(kv, CALL_TIMEOUT).await;
         let leaders = statuses.iter().filter(|s| s.is_leader).count();
         client
@@ -401,22 +404,37 @@ impl Heartbeats {
                 .iter()
                 .find(|p| p.id == status.peer_id)
                 .copied();
+            let pending_peers = status
+                .pending_peers
+                .iter()
+                .filter_map(|p| region.peers.iter().find(|r| r.id == p.id).copied())
+                .collect();
             let request = RegionHeartbeatRequest {
                 header: link.header(),
-                region: Some(region),
+                region: Some(region.clone()),
                 leader,
                 term: status.term,
                 stats: None,
+                pending_peers,
             };
-            if let Err(status) = client.region_heartbeat(request).await {
+            match client.region_heartbeat(request).await {
+                Ok(response) => self.execute(&region, response.into_inner()).await,
                 // A refused report (e.g. placement knows a newer epoch) is placement's call;
                 // the next heartbeat reports again.
-                tracing::debug!(store = store_id, error = %status.message(), "region heartbeat refused");
+                Err(status) => {
+                    tracing::debug!(store = store_id, error = %status.message(), "region heartbeat refused")
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Tells the transport where every other store is.
+    async fn refresh_store_addrs(&self) -> Result<(), NodeError> {
+        let mut client = self.link.client.clone();
         let stores = client
             .get_all_stores(GetAllStoresRequest {
-                header: link.header(),
+                header: self.link.header(),
             })
             .await
             .map_err(|s| status_error("listing stores", s))?
@@ -424,11 +442,11 @@ impl Heartbeats {
             .stores;
         for info in stores {
             let Some(store) = info.store else { continue };
-            if store.id == store_id {
+            if store.id == self.store_id {
                 continue;
             }
             match store.raft_addr.parse() {
-                Ok(addr) => transport.set_store_addr(store.id, addr),
+                Ok(addr) => self.transport.set_store_addr(store.id, addr),
                 Err(_) => tracing::warn!(
                     store = store.id,
                     addr = %store.raft_addr,
@@ -437,5 +455,65 @@ impl Heartbeats {
             }
         }
         Ok(())
+    }
+
+    /// Hands the operator step placement answered with to the region's leader peer. The peer
+    /// checks it against the region as it is then (epoch, roles, catch-up) and proposes it;
+    /// placement follows the outcome through later heartbeats.
+    async fn execute(&self, region: &Region, response: RegionHeartbeatResponse) {
+        let epoch = response.region_epoch.unwrap_or_default();
+        let (command, reply_rx) = {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let command = match (response.change_peer, response.transfer_leader) {
+                (Some(change), _) => {
+                    let Some(peer) = change.peer else { return };
+                    let change = match ChangePeerType::try_from(change.change_type) {
+                        Ok(ChangePeerType::AddLearner) => ChangePeer::AddLearner,
+                        Ok(ChangePeerType::PromoteLearner) => ChangePeer::PromoteLearner,
+                        Ok(ChangePeerType::RemovePeer) => ChangePeer::RemovePeer,
+                        Err(_) => {
+                            tracing::warn!(
+                                region = region.id,
+                                "unknown change type from placement"
+                            );
+                            return;
+                        }
+                    };
+                    Command::ChangePeer {
+                        epoch,
+                        change,
+                        peer,
+                        reply,
+                    }
+                }
+                (None, Some(transfer)) => {
+                    let Some(peer) = transfer.peer else { return };
+                    Command::TransferLeader { epoch, peer, reply }
+                }
+                (None, None) => return,
+            };
+            (command, rx)
+        };
+        if response.region_id != region.id || region.epoch != Some(epoch) {
+            tracing::debug!(region = region.id, "operator for another epoch ignored");
+            return;
+        }
+        if self
+            .kv
+            .router()
+            .send(region.id, PeerMsg::Command(command))
+            .is_err()
+        {
+            return;
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, reply_rx).await {
+            Ok(Ok(answer)) => match answer.result {
+                Some(kv_response::Result::Done(_)) => {}
+                other => {
+                    tracing::info!(region = region.id, answer = ?other, "operator step not taken now")
+                }
+            },
+            _ => tracing::debug!(region = region.id, "operator step unanswered"),
+        }
     }
 }

@@ -190,6 +190,7 @@ fn raft_message(
         message: protobuf::Message::write_to_bytes(&inner)
             .expect("encode eraftpb message")
             .into(),
+        is_tombstone: false,
     }
 }
 
