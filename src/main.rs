@@ -49,9 +49,17 @@ struct PlacementArgs {
     /// Replicas every region should have.
     #[arg(long, default_value_t = 3)]
     max_replicas: u32,
-    /// Seconds without a heartbeat after which a store counts as down.
+    /// Seconds without a heartbeat after which a store counts as down and its replicas are
+    /// rebuilt on other stores.
     #[arg(long, default_value_t = 1800)]
     max_store_down_time_secs: u64,
+    /// Seconds after which an operator (add/promote/remove peer, transfer leader) that has not
+    /// completed is given up and re-planned.
+    #[arg(long, default_value_t = 300)]
+    operator_timeout_secs: u64,
+    /// Operators in flight at once, cluster-wide (0 stops replica scheduling).
+    #[arg(long, default_value_t = 16)]
+    replica_schedule_limit: u32,
 }
 
 #[derive(Args)]
@@ -228,6 +236,8 @@ async fn run_placement(args: PlacementArgs) -> Result<(), Box<dyn std::error::Er
             placement: ringkv_placement::PlacementConfig {
                 max_replicas: args.max_replicas,
                 max_store_down_time: Duration::from_secs(args.max_store_down_time_secs),
+                operator_timeout: Duration::from_secs(args.operator_timeout_secs.max(1)),
+                replica_schedule_limit: args.replica_schedule_limit,
             },
         },
         ringkv::server::metrics_handle(),

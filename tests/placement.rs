@@ -1,17 +1,24 @@
 //! Nodes managed by a real `ringkv placement` process: store ids from placement kept in the
 //! data dir, bootstrap of the first regions by the first store (also when several race),
-//! registration and heartbeats, routing through placement for keys a node holds no replica
-//! of, and KV traffic that keeps flowing while placement is down.
-//!
-//! Replica placement (the replica checker, conf changes) is not here yet: regions stay on the
-//! store that bootstrapped them.
+//! registration and heartbeats, the replica checker growing every region to 3 voters on
+//! distinct stores through raft membership changes (learner, snapshot, promotion), healing
+//! after a store stays down, destruction of a returning store's stale peers, and KV traffic
+//! that keeps flowing while placement is down.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use common::{run_serially, wait_until, Cluster, ClusterOptions, WAIT_TIMEOUT};
+use common::{
+    assert_holds_for, run_serially, wait_until, Cluster, ClusterOptions, Model, WAIT_TIMEOUT,
+};
 use serde_json::Value;
+
+/// Generous bound for replication and healing (snapshots, several heartbeat rounds, a loaded
+/// 2-core machine).
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn options(initial_nodes: Option<usize>) -> ClusterOptions {
     ClusterOptions {
@@ -80,6 +87,107 @@ async fn store_id_of(cluster: &Cluster, node: usize) -> u64 {
     cluster.status(node).await.expect("node status").store_id
 }
 
+/// Region id → (voter stores, learner stores, leader store), from placement's status.
+fn placement_regions(status: &Value) -> BTreeMap<u64, (Vec<u64>, Vec<u64>, u64)> {
+    status["regions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let peers = r["peers"].as_array().cloned().unwrap_or_default();
+            let stores_with_role = |role: u64| -> Vec<u64> {
+                peers
+                    .iter()
+                    .filter(|p| p["role"].as_u64() == Some(role))
+                    .filter_map(|p| p["store_id"].as_u64())
+                    .collect()
+            };
+            (
+                r["id"].as_u64().unwrap_or(0),
+                (
+                    stores_with_role(0),
+                    stores_with_role(1),
+                    r["leader_store_id"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until placement shows `regions` regions, each with exactly 3 voters on 3 distinct
+/// stores of `allowed`, no learners, a leader, and no operator in flight; and every node
+/// hosting a replica reports that region with the same peers. Returns region id → voter
+/// stores.
+async fn wait_replicated(
+    cluster: &Cluster,
+    regions: usize,
+    allowed: &BTreeSet<u64>,
+) -> BTreeMap<u64, BTreeSet<u64>> {
+    let what = format!("{regions} regions with 3 voters each on stores {allowed:?}");
+    wait_until(&what, REPLICATION_TIMEOUT, async || {
+        let status = cluster.placement_status().await?;
+        let listed = placement_regions(&status);
+        if listed.len() != regions {
+            return Err(format!("{} regions: {status}", listed.len()));
+        }
+        let mut placed = BTreeMap::new();
+        for (id, (voters, learners, leader)) in &listed {
+            let distinct: BTreeSet<u64> = voters.iter().copied().collect();
+            if voters.len() != 3
+                || distinct.len() != 3
+                || !learners.is_empty()
+                || *leader == 0
+                || !distinct.is_subset(allowed)
+            {
+                return Err(format!(
+                    "region {id}: voters {voters:?}, learners {learners:?}, leader {leader}"
+                ));
+            }
+            placed.insert(*id, distinct);
+        }
+        if status["operators"]
+            .as_array()
+            .is_some_and(|ops| !ops.is_empty())
+        {
+            return Err(format!("operators in flight: {}", status["operators"]));
+        }
+        // The stores themselves agree: each hosting node has the region, initialized.
+        for node in cluster.running_nodes() {
+            let node_status = cluster.status(node).await.map_err(|e| e.to_string())?;
+            for (id, stores) in &placed {
+                let hosts = stores.contains(&node_status.store_id);
+                let has = node_status.regions.iter().any(|r| r.id == *id);
+                if hosts != has {
+                    return Err(format!(
+                        "store {} {} region {id} (placement says {stores:?})",
+                        node_status.store_id,
+                        if has {
+                            "still has"
+                        } else {
+                            "does not have yet"
+                        }
+                    ));
+                }
+            }
+        }
+        Ok(placed)
+    })
+    .await
+}
+
+/// Writes `keys` keys `{prefix}-{n}` through the nodes in turn, recording them in `model`.
+async fn write_keys(cluster: &Cluster, model: &mut Model, prefix: &str, keys: usize) {
+    let nodes = cluster.running_nodes();
+    for n in 0..keys {
+        let key = format!("{prefix}-{n}");
+        let value = format!("{prefix}-value-{n}");
+        cluster
+            .must_put(nodes[n % nodes.len()], &key, value.as_bytes())
+            .await;
+        model.put(&key, value.as_bytes());
+    }
+}
+
 #[test]
 fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
     run_serially(async {
@@ -89,8 +197,12 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
         assert_ne!(first, 0);
         assert_eq!(stores_up(&status), BTreeSet::from([first]));
         cluster.must_put(1, "alpha", b"1").await;
+        let mut model = Model::default();
+        model.put("alpha", b"1");
+        write_keys(&cluster, &mut model, "before-join", 60).await;
 
-        // Two more stores join: new ids from placement, registered, heartbeating.
+        // Two more stores join: new ids from placement, registered, heartbeating; the replica
+        // checker grows every region to 3 voters, one per store (learner, snapshot, promote).
         cluster.restart(2).await;
         cluster.restart(3).await;
         let status = wait_placement(&cluster, 2, 3).await;
@@ -102,6 +214,13 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
         .into();
         assert_eq!(ids.len(), 3, "every store has its own id: {ids:?}");
         assert_eq!(stores_up(&status), ids);
+        let placed = wait_replicated(&cluster, 2, &ids).await;
+        assert!(placed.values().all(|stores| *stores == ids), "{placed:?}");
+        // Every node's own replica holds the data written before it joined.
+        for node in cluster.node_ids() {
+            cluster.wait_stale_reads(node, &model).await;
+            cluster.assert_reads(node, &model).await;
+        }
 
         // Store heartbeats carry the disk and the counts.
         let status = wait_until("store statistics at placement", WAIT_TIMEOUT, async || {
@@ -111,12 +230,14 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
                 s["capacity_bytes"].as_u64().unwrap_or(0) > 0
                     && s["available_bytes"].as_u64().unwrap_or(0) > 0
             });
-            let first_counts = stores.iter().any(|s| {
-                s["id"].as_u64() == Some(first)
-                    && s["region_count"] == 2
-                    && s["leader_count"] == 2
-                    && s["used_bytes"].as_u64().unwrap_or(0) > 0
-            });
+            let counts = stores
+                .iter()
+                .all(|s| s["region_count"] == 2 && s["used_bytes"].as_u64().unwrap_or(0) > 0);
+            let leaders: u64 = stores
+                .iter()
+                .filter_map(|s| s["leader_count"].as_u64())
+                .sum();
+            let first_counts = counts && leaders == 2;
             if reported && first_counts {
                 Ok(status)
             } else {
@@ -147,10 +268,29 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
             serde_json::from_str::<Value>(&one).expect("JSON")["id"].as_u64(),
             Some(region_id)
         );
+        let operators = kvctl(&cluster, &["operators", "--json"]).expect("kvctl operators");
+        assert!(
+            serde_json::from_str::<Value>(&operators).expect("JSON")["operators"].is_array(),
+            "{operators}"
+        );
+        let regions_json = kvctl(&cluster, &["regions", "--json"]).expect("kvctl regions");
+        let roles: BTreeSet<String> = serde_json::from_str::<Value>(&regions_json).expect("JSON")
+            ["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["peers"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["role"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            roles,
+            BTreeSet::from(["voter".to_owned()]),
+            "{regions_json}"
+        );
         let missing = kvctl(&cluster, &["region", "987654321"]).expect_err("unknown region");
         assert!(missing.contains("987654321"), "{missing}");
 
-        // Nodes without a replica route through placement to the leader's store.
+        // Writes through any node reach the leader (forwarded if it is elsewhere).
         cluster.must_put(2, "beta", b"2").await;
         assert_eq!(cluster.must_get(3, "alpha").await, Some(b"1".to_vec()));
         assert_eq!(cluster.must_get(2, "beta").await, Some(b"2".to_vec()));
@@ -194,35 +334,173 @@ fn first_store_bootstraps_later_stores_register_and_route_through_placement() {
 }
 
 #[test]
-fn stores_racing_to_bootstrap_create_one_cluster() {
+fn empty_stores_racing_to_bootstrap_create_one_cluster_with_three_voters_per_region() {
     run_serially(async {
         let cluster = Cluster::start(3, options(None)).await;
-        let status = wait_placement(&cluster, 2, 3).await;
-        let mut holders = BTreeSet::new();
+        wait_placement(&cluster, 2, 3).await;
+        let mut ids = BTreeSet::new();
         for node in cluster.node_ids() {
-            let node_status = cluster.status(node).await.expect("node status");
-            if !node_status.regions.is_empty() {
-                assert_eq!(
-                    node_status.regions.len(),
-                    2,
-                    "the winner holds both regions"
-                );
-                holders.insert(node_status.store_id);
-            }
+            ids.insert(store_id_of(&cluster, node).await);
         }
-        assert_eq!(holders.len(), 1, "exactly one store bootstrapped: {status}");
+        assert_eq!(ids.len(), 3, "three stores: {ids:?}");
+        // One store won the bootstrap; the other two got their replicas from the checker.
+        let placed = wait_replicated(&cluster, 2, &ids).await;
+        let region_ids: BTreeSet<u64> = placed.keys().copied().collect();
+        for node in cluster.node_ids() {
+            let status = cluster.status(node).await.expect("node status");
+            let local: BTreeSet<u64> = status.regions.iter().map(|r| r.id).collect();
+            assert_eq!(
+                local, region_ids,
+                "node {node} hosts exactly the cluster's regions"
+            );
+        }
+        let mut model = Model::default();
         for node in cluster.node_ids() {
             let key = format!("from-{node}");
             cluster.must_put(node, &key, key.as_bytes()).await;
+            model.put(&key, key.as_bytes());
         }
+        write_keys(&cluster, &mut model, "spread", 40).await;
         for node in cluster.node_ids() {
-            for writer in cluster.node_ids() {
-                let key = format!("from-{writer}");
-                assert_eq!(
-                    cluster.must_get(node, &key).await,
-                    Some(key.clone().into_bytes())
-                );
-            }
+            cluster.assert_reads(node, &model).await;
+            cluster.wait_stale_reads(node, &model).await;
         }
+    });
+}
+
+/// Acceptance 3 and 4: with 4 stores, one stays down past max-store-down-time; its replicas
+/// are rebuilt on the others (while a writer keeps going and placement itself was restarted
+/// just before), nothing acknowledged is lost, and when the store returns its stale peers are
+/// destroyed and stay destroyed.
+#[test]
+fn a_store_down_too_long_is_replaced_and_its_stale_peers_are_destroyed_on_return() {
+    run_serially(async {
+        let cluster = Cluster::start(
+            4,
+            ClusterOptions {
+                placement_args: vec!["--max-store-down-time-secs".into(), "5".into()],
+                ..options(None)
+            },
+        )
+        .await;
+        wait_placement(&cluster, 2, 4).await;
+        let mut store_of = BTreeMap::new();
+        for node in cluster.node_ids() {
+            store_of.insert(node, store_id_of(&cluster, node).await);
+        }
+        let all: BTreeSet<u64> = store_of.values().copied().collect();
+        let placed = wait_replicated(&cluster, 2, &all).await;
+
+        // The victim hosts at least one replica; the writer avoids it.
+        let victim = *store_of
+            .iter()
+            .find(|(_, store)| placed.values().any(|stores| stores.contains(store)))
+            .map(|(node, _)| node)
+            .expect("some store hosts a replica");
+        let victim_store = store_of[&victim];
+        let writers: Vec<usize> = cluster
+            .node_ids()
+            .into_iter()
+            .filter(|n| *n != victim)
+            .collect();
+        let acked: Arc<Mutex<Model>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let clients = cluster.clients(&writers);
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("load-{n}");
+                    let client = &clients[n as usize % clients.len()];
+                    // Only acknowledged writes are recorded; a failed one is simply not.
+                    if client.put(&key, key.as_bytes()).await.is_ok() {
+                        acked.lock().expect("model").put(&key, key.as_bytes());
+                    }
+                    n += 1;
+                }
+            })
+        };
+
+        // Placement restarts; KV traffic does not notice, and it resumes scheduling from its
+        // disk state (the healing below is its work).
+        cluster.kill_placement();
+        cluster
+            .must_put(writers[0], "during-placement-outage", b"1")
+            .await;
+        cluster.restart_placement().await;
+        wait_placement(&cluster, 2, 4).await;
+
+        cluster.kill(victim);
+        let survivors: BTreeSet<u64> = all.iter().copied().filter(|s| *s != victim_store).collect();
+        let healed = wait_replicated(&cluster, 2, &survivors).await;
+        assert!(healed
+            .values()
+            .all(|stores| !stores.contains(&victim_store)));
+        let status = cluster.placement_status().await.expect("placement status");
+        let victim_state = status["stores"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["id"].as_u64() == Some(victim_store))
+            .map(|s| s["state"].clone());
+        assert_eq!(victim_state, Some(Value::from("down")), "{status}");
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.await.expect("writer task");
+        let mut model = acked.lock().expect("model").clone();
+        model.put("during-placement-outage", b"1");
+        assert!(
+            model.len() > 20,
+            "the writer made progress: {} writes",
+            model.len()
+        );
+        for node in &writers {
+            cluster.assert_reads(*node, &model).await;
+        }
+
+        // The victim returns: its peers were removed while it was away; they learn it from
+        // the region's members and destroy themselves, and nothing brings them back.
+        cluster.restart(victim).await;
+        wait_until(
+            "the returning store's stale peers to be destroyed",
+            REPLICATION_TIMEOUT,
+            async || {
+                let status = cluster.status(victim).await.map_err(|e| e.to_string())?;
+                if status.regions.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "it still has regions {:?}",
+                        status.regions.iter().map(|r| r.id).collect::<Vec<_>>()
+                    ))
+                }
+            },
+        )
+        .await;
+        assert!(
+            cluster.log(victim).contains("peer destroyed"),
+            "the node logs each destruction"
+        );
+        assert_holds_for(
+            "the destroyed peers stay destroyed",
+            Duration::from_secs(3),
+            async || {
+                let status = cluster.status(victim).await.map_err(|e| e.to_string())?;
+                if status.regions.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "regions came back: {:?}",
+                        status.regions.iter().map(|r| r.id).collect::<Vec<_>>()
+                    ))
+                }
+            },
+        )
+        .await;
+        let still = wait_replicated(&cluster, 2, &survivors).await;
+        assert_eq!(still, healed, "placement did not move anything back");
+        // The returned node serves every acknowledged write (forwarding to the leaders).
+        cluster.assert_reads(victim, &model).await;
     });
 }

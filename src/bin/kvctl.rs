@@ -5,6 +5,8 @@
 //! kvctl stores                 every store: state, addresses, regions, leaders, disk
 //! kvctl regions                every region in ring order: range, epoch, peers, leader
 //! kvctl region ID              one region
+//! kvctl operators              operators placement is carrying out (add/promote/remove peer,
+//!                              transfer leader), with their age and reason
 //! ```
 //! Human tables by default; `--json` for scripts. Failures exit non-zero with a message.
 
@@ -12,10 +14,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ringkv::proto::metapb::PeerRole;
 use ringkv::proto::placementpb::placement_client::PlacementClient;
 use ringkv::proto::placementpb::{
-    get_region_request, GetAllStoresRequest, GetClusterInfoRequest, GetRegionRequest,
-    RegionWithLeader, RequestHeader, ScanRegionsRequest, StoreInfo, StoreState,
+    get_region_request, GetAllStoresRequest, GetClusterInfoRequest, GetOperatorsRequest,
+    GetRegionRequest, RegionWithLeader, RequestHeader, ScanRegionsRequest, StoreInfo, StoreState,
 };
 use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
@@ -52,6 +55,8 @@ enum Command {
         /// The region id.
         id: u64,
     },
+    /// List the operators placement is carrying out, with their age and reason.
+    Operators,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,10 +184,20 @@ fn region_json(entry: &RegionWithLeader) -> Value {
         "peers": region.peers.iter().map(|p| json!({
             "id": p.id,
             "store_id": p.store_id,
-            "role": if p.role == 1 { "learner" } else { "voter" },
+            "role": role_name(p.role),
         })).collect::<Vec<_>>(),
         "leader_store_id": entry.leader.map_or(0, |l| l.store_id),
     })
+}
+
+fn role_name(role: i32) -> &'static str {
+    match PeerRole::try_from(role) {
+        Ok(PeerRole::Voter) => "voter",
+        Ok(PeerRole::Learner) => "learner",
+        Ok(PeerRole::IncomingVoter) => "incoming-voter",
+        Ok(PeerRole::DemotingVoter) => "demoting-voter",
+        Err(_) => "unknown",
+    }
 }
 
 fn region_row(entry: &RegionWithLeader) -> Vec<String> {
@@ -191,9 +206,9 @@ fn region_row(entry: &RegionWithLeader) -> Vec<String> {
     let peers: Vec<String> = region
         .peers
         .iter()
-        .map(|p| {
-            let learner = if p.role == 1 { " learner" } else { "" };
-            format!("{}@{}{learner}", p.id, p.store_id)
+        .map(|p| match role_name(p.role) {
+            "voter" => format!("{}@{}", p.id, p.store_id),
+            role => format!("{}@{} {role}", p.id, p.store_id),
         })
         .collect();
     vec![
@@ -305,6 +320,41 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             } else {
                 print_table(&REGION_HEADER, &[region_row(&region)]);
             }
+        }
+        Command::Operators => {
+            let operators = client
+                .get_operators(GetOperatorsRequest { header })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .operators;
+            if cli.json {
+                let list: Vec<Value> = operators
+                    .iter()
+                    .map(|op| {
+                        json!({
+                            "region_id": op.region_id,
+                            "kind": op.kind,
+                            "detail": op.detail,
+                            "age_ms": op.age_ms,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "cluster_id": cluster_id, "operators": list }));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = operators
+                .iter()
+                .map(|op| {
+                    vec![
+                        op.region_id.to_string(),
+                        op.kind.clone(),
+                        format!("{:.1}s", op.age_ms as f64 / 1000.0),
+                        op.detail.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["REGION", "KIND", "AGE", "DETAIL"], &rows);
         }
     }
     Ok(())

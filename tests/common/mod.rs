@@ -7,7 +7,7 @@
 //! Synchronization is always "poll a condition until a deadline" ([`wait_until`]); the harness
 //! never sleeps for a fixed time to let something happen. Dropping a `Cluster` SIGKILLs its
 //! processes; when the test is panicking it first prints the tail of every node's log (and
-//! keeps the temp dir if `RINGKV_KEEP_TEST_DIRS` is set).
+//! keeps the temp dir if `RINGKV_KEEP_TEST_DIRS` is set; `=always` keeps it after a pass too).
 #![allow(dead_code)] // not every test binary uses every helper
 
 pub mod relay;
@@ -143,6 +143,8 @@ pub struct ClusterOptions {
     /// Run a `ringkv placement` process and start nodes with `--placement` (store ids then
     /// come from placement: use `/status` to map harness node numbers to store ids).
     pub placement: bool,
+    /// Extra flags for the placement process (e.g. `--max-store-down-time-secs 5`).
+    pub placement_args: Vec<String>,
     /// How many nodes `Cluster::start` starts (the rest with [`Cluster::restart`]); all if
     /// `None`.
     pub initial_nodes: Option<usize>,
@@ -758,7 +760,10 @@ impl Cluster {
             placement.http_addr.to_string(),
             "--data-dir".to_owned(),
             placement.data_dir.display().to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(self.opts.placement_args.iter().cloned())
+        .collect::<Vec<_>>();
         *process = Some(spawn_logged(&args, &placement.log_path, None));
     }
 
@@ -1331,6 +1336,10 @@ impl Drop for Cluster {
             }
         }
         if !failing {
+            if std::env::var_os("RINGKV_KEEP_TEST_DIRS").is_some_and(|v| v == "always") {
+                self.dir.disable_cleanup(true);
+                eprintln!("kept the test dir {}", self.dir.path().display());
+            }
             return;
         }
         for note in &notes {
