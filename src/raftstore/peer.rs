@@ -80,6 +80,8 @@ pub struct PeerFsm {
     pub region_changed: bool,
     /// This peer applied its own removal: destroy it once the apply batch is written.
     pub removed: bool,
+    /// The pending peers last seen (as leader), to notice when one catches up.
+    last_pending: Vec<u64>,
     pending_writes: VecDeque<PendingWrite>,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
@@ -173,6 +175,7 @@ impl PeerFsm {
             peer_cache: HashMap::new(),
             region_changed: false,
             removed: false,
+            last_pending: Vec::new(),
             pending_writes: VecDeque::new(),
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
@@ -336,6 +339,20 @@ impl PeerFsm {
             })
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// Whether the set of peers still catching up changed since the last call.
+    pub fn pending_peers_changed(&mut self) -> bool {
+        if !self.is_leader() && self.last_pending.is_empty() {
+            return false;
+        }
+        let mut now = self.pending_peer_ids();
+        now.sort_unstable();
+        if now == self.last_pending {
+            return false;
+        }
+        self.last_pending = now;
+        true
     }
 
     fn in_joint_state(&self) -> bool {
@@ -636,6 +653,8 @@ impl PeerFsm {
             }
         }
         if leader && !self.was_leader {
+            // Placement should hear from the new leader now.
+            self.region_changed = true;
             tracing::info!(
                 region = self.region_id(),
                 term = self.raw.raft.term,

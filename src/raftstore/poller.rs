@@ -253,6 +253,10 @@ impl Poller {
                 continue;
             };
             peer.flush_reads();
+            if peer.pending_peers_changed() {
+                // E.g. a learner caught up: placement may promote it now.
+                self.router.notify_change();
+            }
             if !peer.raw.has_ready() {
                 continue;
             }

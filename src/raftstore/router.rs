@@ -34,6 +34,9 @@ pub enum SendError {
 pub struct Router {
     mailboxes: Vec<Sender<PollerMsg>>,
     regions: RwLock<LocalRegions>,
+    /// Pinged when a local region changes shape or gets a new leader here, so the placement
+    /// heartbeat reports it now rather than at the next periodic round.
+    changes: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -55,6 +58,7 @@ impl Router {
         Router {
             mailboxes,
             regions: RwLock::new(LocalRegions::default()),
+            changes: tokio::sync::Notify::new(),
         }
     }
 
@@ -80,6 +84,18 @@ impl Router {
             regions.by_start.insert(region.start_hash, region.id);
         }
         regions.by_id.insert(region.id, region);
+        drop(regions);
+        self.notify_change();
+    }
+
+    /// Signals that something placement should hear about changed (see [`Router::changed`]).
+    pub fn notify_change(&self) {
+        self.changes.notify_one();
+    }
+
+    /// Resolves after the next [`Router::notify_change`] (or at once if one is pending).
+    pub async fn changed(&self) {
+        self.changes.notified().await
     }
 
     /// Forgets a destroyed peer's region.

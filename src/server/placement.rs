@@ -29,6 +29,8 @@ use crate::transport::Transport;
 const JOIN_RETRY: Duration = Duration::from_millis(500);
 /// Bound on one call to placement.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Change-triggered reports wait this long first, so a burst of changes makes one report.
+const MIN_REPORT_GAP: Duration = Duration::from_millis(100);
 
 /// A connection to placement that remembers the cluster id; cheap to clone.
 #[derive(Clone)]
@@ -343,8 +345,16 @@ impl Heartbeats {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reachable = true;
+        let router = self.kv.router().clone();
         loop {
-            ticker.tick().await;
+            // Periodically, and soon after a local region changed (membership, leader):
+            // placement plans the next step of an operator from the report of the last one.
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = router.changed() => {
+                    tokio::time::sleep(MIN_REPORT_GAP).await;
+                }
+            }
             let mut result = self.once().await;
             if result.is_ok() {
                 result = self.locator.refresh().await;
