@@ -10,8 +10,11 @@
 //!    store is up and voters are missing, remove it otherwise.
 //! 3. Too few voters on healthy stores: add a learner on the best store that has none of the
 //!    region's peers (fewest peers overall; ties by consistent hashing of the region id).
-//! 4. Too many voters: remove one — on a down store if any, else on the store with most peers;
-//!    if that one leads, move leadership away first.
+//! 4. Too many voters: remove one — on a down or offline store if any, else on the store with
+//!    most peers; if that one leads, move leadership away first.
+//!
+//! An offline store (being drained by remove-store) counts as unhealthy, exactly like a down
+//! one, so its replicas are replaced the same way; it is never chosen for a new one.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -19,7 +22,7 @@ use std::collections::BTreeMap;
 use hashring::HashRing;
 use ringkv_proto::metapb::{Peer, PeerRole, Region};
 
-use crate::operator::{is_joint, OperatorKind};
+use crate::operator::{is_joint, Step};
 
 /// Points per store on the tie-break ring. `hashring` has no virtual nodes of its own; a few
 /// per store even out the share of regions each tied store wins.
@@ -36,6 +39,8 @@ pub enum StoreHealth {
     Unknown,
     /// No heartbeat for longer than `max_store_down_time`: its replicas get replaced.
     Down,
+    /// Being drained (remove-store), whether it heartbeats or not: its replicas get replaced.
+    Offline,
     Tombstone,
 }
 
@@ -55,14 +60,14 @@ pub struct ClusterView<'a> {
 }
 
 impl ClusterView<'_> {
-    fn health(&self, store_id: u64) -> StoreHealth {
+    pub fn health(&self, store_id: u64) -> StoreHealth {
         self.stores
             .get(&store_id)
             .copied()
             .unwrap_or(StoreHealth::Tombstone)
     }
 
-    fn peer_count(&self, store_id: u64) -> u64 {
+    pub fn peer_count(&self, store_id: u64) -> u64 {
         self.peer_counts.get(&store_id).copied().unwrap_or(0)
     }
 }
@@ -73,11 +78,7 @@ pub enum Decision {
     /// A new learner on `store_id`; the caller allocates its peer id.
     AddLearner { store_id: u64, reason: String },
     /// A step about an existing peer (promote, remove, or lead).
-    Step {
-        kind: OperatorKind,
-        peer: Peer,
-        reason: String,
-    },
+    Step { step: Step, reason: String },
 }
 
 /// The next step for `region`, reported by `leader` with `pending` peers still catching up.
@@ -90,11 +91,7 @@ pub fn check_replicas(
     if is_joint(region) {
         return None;
     }
-    let voters: Vec<&Peer> = region
-        .peers
-        .iter()
-        .filter(|p| p.role == PeerRole::Voter as i32)
-        .collect();
+    let voters = voters(region);
     let healthy_voters = voters
         .iter()
         .filter(|p| cluster.health(p.store_id).is_healthy())
@@ -123,6 +120,15 @@ pub fn check_replicas(
     None
 }
 
+/// The region's voters (outside a joint configuration, every peer but the learners).
+pub fn voters(region: &Region) -> Vec<&Peer> {
+    region
+        .peers
+        .iter()
+        .filter(|p| p.role == PeerRole::Voter as i32)
+        .collect()
+}
+
 fn check_learner(
     cluster: &ClusterView,
     learner: &Peer,
@@ -132,10 +138,9 @@ fn check_learner(
     if pending.iter().any(|p| p.id == learner.id) {
         return None;
     }
-    let step = |kind, reason: String| {
+    let step = |step: fn(Peer) -> Step, reason: String| {
         Some(Decision::Step {
-            kind,
-            peer: *learner,
+            step: step(*learner),
             reason,
         })
     };
@@ -144,7 +149,7 @@ fn check_learner(
         match health {
             StoreHealth::Up => {
                 return step(
-                    OperatorKind::PromoteLearner,
+                    Step::PromoteLearner,
                     format!(
                         "caught up; {healthy_voters} voters on healthy stores, {} wanted",
                         cluster.max_replicas
@@ -154,7 +159,7 @@ fn check_learner(
             // Placement restarted and has not heard from the store yet: removing the
             // learner now would undo work because of placement's restart alone.
             StoreHealth::Unknown => return None,
-            StoreHealth::Down | StoreHealth::Tombstone => {}
+            StoreHealth::Down | StoreHealth::Offline | StoreHealth::Tombstone => {}
         }
     }
     let reason = if health.is_healthy() {
@@ -162,13 +167,13 @@ fn check_learner(
     } else {
         format!("its store is {health:?}")
     };
-    step(OperatorKind::RemovePeer, reason)
+    step(Step::RemovePeer, reason)
 }
 
 /// The up store with none of `region`'s peers and the fewest peers overall; ties go to the
 /// store the region id hashes to on a ring of the tied stores, so the choice is stable and
 /// spreads regions across equally loaded stores.
-fn store_for_new_peer(cluster: &ClusterView, region: &Region) -> Option<u64> {
+pub fn store_for_new_peer(cluster: &ClusterView, region: &Region) -> Option<u64> {
     let candidates: Vec<u64> = cluster
         .stores
         .iter()
@@ -223,31 +228,53 @@ fn remove_extra_voter(cluster: &ClusterView, voters: &[&Peer], leader: &Peer) ->
         cluster.max_replicas,
         cluster.peer_count(victim.store_id)
     );
+    remove_voter(cluster, voters, victim, leader, None, reason)
+}
+
+/// Removes `victim` — or, when it leads, hands leadership to another voter first (see
+/// [`leader_successor`]) and leaves the removal to a later heartbeat.
+pub fn remove_voter(
+    cluster: &ClusterView,
+    voters: &[&Peer],
+    victim: &Peer,
+    leader: &Peer,
+    prefer_store: Option<u64>,
+    reason: String,
+) -> Option<Decision> {
     if victim.id != leader.id {
         return Some(Decision::Step {
-            kind: OperatorKind::RemovePeer,
-            peer: *victim,
+            step: Step::RemovePeer(*victim),
             reason,
         });
     }
-    // The leader cannot remove itself here; hand leadership to a healthy voter (up stores
-    // first, then the least loaded) and remove it on a later heartbeat.
-    let target = voters
+    // The leader cannot remove itself here.
+    let target = leader_successor(cluster, voters, victim, prefer_store)?;
+    Some(Decision::Step {
+        step: Step::TransferLeader(*target),
+        reason: format!("leader peer {} is to be removed: {reason}", victim.id),
+    })
+}
+
+/// The voter to take over from `leaving`: on a healthy store, on `prefer_store` if that is
+/// one, else up stores first, then the least loaded, then the lowest peer id.
+fn leader_successor<'a>(
+    cluster: &ClusterView,
+    voters: &[&'a Peer],
+    leaving: &Peer,
+    prefer_store: Option<u64>,
+) -> Option<&'a Peer> {
+    voters
         .iter()
         .copied()
-        .filter(|p| p.id != victim.id && cluster.health(p.store_id).is_healthy())
+        .filter(|p| p.id != leaving.id && cluster.health(p.store_id).is_healthy())
         .min_by_key(|p| {
             (
+                Some(p.store_id) != prefer_store,
                 cluster.health(p.store_id) != StoreHealth::Up,
                 cluster.peer_count(p.store_id),
                 p.id,
             )
-        })?;
-    Some(Decision::Step {
-        kind: OperatorKind::TransferLeader,
-        peer: *target,
-        reason: format!("leader peer {} is to be removed: {reason}", victim.id),
-    })
+        })
 }
 
 #[cfg(test)]
@@ -553,6 +580,7 @@ mod tests {
             (3, StoreHealth::Up),
             (4, StoreHealth::Unknown),
             (5, StoreHealth::Down),
+            (6, StoreHealth::Offline),
         ]);
         let counts = BTreeMap::from([(1, 9), (2, 5), (3, 4)]);
         let region = Region {
@@ -563,7 +591,7 @@ mod tests {
         let decision = check_replicas(&view(&stores, &counts), &region, &region.peers[0], &[]);
         assert!(
             matches!(decision, Some(Decision::AddLearner { store_id: 3, .. })),
-            "stores 4 and 5 (no peers) are not up; 3 has fewer peers than 2: {decision:?}"
+            "stores 4, 5 and 6 (no peers) are not up; 3 has fewer peers than 2: {decision:?}"
         );
     }
 

@@ -27,6 +27,10 @@ pub enum PlacementError {
     StaleRegion { region_id: u64, reason: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A well-formed request the cluster cannot take as it is now (e.g. removing a store
+    /// would leave too few for `max_replicas`).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 pub type Result<T> = std::result::Result<T, PlacementError>;
@@ -52,6 +56,7 @@ impl PlacementError {
             PlacementError::UnknownRegion(_) => "unknown_region",
             PlacementError::StaleRegion { .. } => "stale_region",
             PlacementError::Invalid(_) => "invalid",
+            PlacementError::Refused(_) => "refused",
         }
     }
 }
@@ -66,7 +71,8 @@ impl From<PlacementError> for tonic::Status {
             PlacementError::ClusterMismatch { .. }
             | PlacementError::NotBootstrapped
             | PlacementError::Tombstone(_)
-            | PlacementError::StaleRegion { .. } => tonic::Status::failed_precondition(message),
+            | PlacementError::StaleRegion { .. }
+            | PlacementError::Refused(_) => tonic::Status::failed_precondition(message),
             PlacementError::AlreadyBootstrapped => tonic::Status::already_exists(message),
             PlacementError::UnknownStore(_) | PlacementError::UnknownRegion(_) => {
                 tonic::Status::not_found(message)

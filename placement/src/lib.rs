@@ -6,12 +6,16 @@
 //!   the rules that keep it from going backwards.
 //! * `storage` — the durable state file (atomic replace).
 //! * `checker` — the replica checker: the next step towards `max_replicas` healthy voters.
-//! * `operator` — scheduling steps in flight, judged by the regions' own reports.
+//! * `goal` — move goals: the next step of moving a replica from one store to another.
+//! * `balance` — the leader and region balancers.
+//! * `operator` — scheduling steps and goals in flight, judged by the regions' own reports.
 //! * `service` — the gRPC `Placement` service over the state.
 //! * `server` — runs gRPC plus `/status` and `/metrics` over HTTP.
 
+mod balance;
 mod checker;
 pub mod error;
+mod goal;
 mod operator;
 pub mod server;
 pub mod service;

@@ -2,23 +2,35 @@
 //! controller that tracks them until the region's own reports show them done (TiKV PD's
 //! operator controller is the reference).
 //!
-//! An operator is one step — add a learner, promote it, remove a peer, move leadership.
+//! An operator is one step — add a learner, promote it, remove a peer, move leadership, split.
 //! Longer flows (add a learner → promote it → remove the voter it replaces) are not planned
-//! ahead: the replica checker looks at the region again after every finished step. That keeps
-//! each operator easy to judge from one heartbeat, and a flow interrupted by a crash of
-//! placement simply resumes from whatever the region looks like next.
+//! ahead: the checker looks at the region again after every finished step. That keeps each
+//! operator easy to judge from one heartbeat, and a flow interrupted by a crash of placement
+//! simply resumes from whatever the region looks like next. A move (see `goal`) is such a
+//! flow with a destination: the controller keeps the goal, the checker derives its steps.
 //!
-//! Operators are volatile. After a restart none is in flight; the next heartbeats show how far
-//! each region got and the checker re-derives what is still missing. The controller never
-//! reads a clock: every call takes the `now` its caller observed.
+//! Priority and limits, by [`Origin`]: admin requests are never limited and replace whatever
+//! else is in flight for the region; every other operator needs a free slot of
+//! `replica_schedule_limit` (admin operators take slots too), and the balancers have their own
+//! smaller limits on top (see `state`).
+//!
+//! Operators and goals are volatile. After a restart none is in flight; the next heartbeats
+//! show how far each region got and the checker re-derives what is still missing (an
+//! unfinished move is forgotten). The controller never reads a clock: every call takes the
+//! `now` its caller observed.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use ringkv_proto::placementpb::{
-    ChangePeer, ChangePeerType, OperatorInfo, RegionHeartbeatResponse, TransferLeader,
+    ChangePeer, ChangePeerType, OperatorInfo, RegionHeartbeatResponse, SplitRegion, TransferLeader,
 };
+
+use crate::goal::{MoveGoal, MOVE_REGION_KIND};
+
+/// A move goal is given up after this many operator timeouts (it takes three steps or more).
+pub const GOAL_TIMEOUT_FACTOR: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OperatorKind {
@@ -26,6 +38,7 @@ pub enum OperatorKind {
     PromoteLearner,
     RemovePeer,
     TransferLeader,
+    Split,
 }
 
 impl OperatorKind {
@@ -36,18 +49,107 @@ impl OperatorKind {
             OperatorKind::PromoteLearner => "promote-learner",
             OperatorKind::RemovePeer => "remove-peer",
             OperatorKind::TransferLeader => "transfer-leader",
+            OperatorKind::Split => "split",
         }
     }
 }
 
-/// How an operator ended.
+/// The one step an operator asks of a region, with what it is about: the new learner, the
+/// learner to promote, the peer to remove, the voter that should lead, or the split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    AddLearner(Peer),
+    PromoteLearner(Peer),
+    RemovePeer(Peer),
+    TransferLeader(Peer),
+    /// `new_peer_ids[i]` is the new region's peer on the store of the region's i-th peer.
+    Split(SplitRegion),
+}
+
+impl Step {
+    pub fn kind(&self) -> OperatorKind {
+        match self {
+            Step::AddLearner(_) => OperatorKind::AddLearner,
+            Step::PromoteLearner(_) => OperatorKind::PromoteLearner,
+            Step::RemovePeer(_) => OperatorKind::RemovePeer,
+            Step::TransferLeader(_) => OperatorKind::TransferLeader,
+            Step::Split(_) => OperatorKind::Split,
+        }
+    }
+
+    /// The peer the step is about (none for a split).
+    pub fn peer(&self) -> Option<&Peer> {
+        match self {
+            Step::AddLearner(peer)
+            | Step::PromoteLearner(peer)
+            | Step::RemovePeer(peer)
+            | Step::TransferLeader(peer) => Some(peer),
+            Step::Split(_) => None,
+        }
+    }
+
+    /// For logs and `GetOperators`.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Split(split) => {
+                let at = match split.split_hash {
+                    0 => "where its data halves".to_owned(),
+                    hash => format!("at hash {hash}"),
+                };
+                format!(
+                    "split {at} into new region {} (peers {:?})",
+                    split.new_region_id, split.new_peer_ids
+                )
+            }
+            _ => {
+                let peer = self.peer().copied().unwrap_or_default();
+                format!(
+                    "{} peer {} on store {}",
+                    self.kind().name(),
+                    peer.id,
+                    peer.store_id
+                )
+            }
+        }
+    }
+}
+
+/// Who asked for an operator or a goal: decides its priority and the limit it counts against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The replica checker (replica count, healing, draining offline stores).
+    Replica,
+    /// A step towards a move goal.
+    MoveGoal,
+    /// The leader balancer.
+    BalanceLeader,
+    /// The region balancer (makes goals, whose steps are `MoveGoal` operators).
+    BalanceRegion,
+    /// An admin request (kvctl): never limited, preempts everything else for the region.
+    Admin,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Replica => "replica-checker",
+            Origin::MoveGoal => "move-goal",
+            Origin::BalanceLeader => "balance-leader",
+            Origin::BalanceRegion => "balance-region",
+            Origin::Admin => "admin",
+        }
+    }
+}
+
+/// How an operator or a goal ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// A report showed the step done.
+    /// A report showed the step done (the goal reached).
     Success,
-    /// The region changed (split, or another membership change) without showing the step.
+    /// The region changed (split, or another membership change) without showing the step,
+    /// or something with priority replaced it.
     Cancelled,
-    /// Not done within `operator_timeout`.
+    /// Not done within `operator_timeout` (× [`GOAL_TIMEOUT_FACTOR`] for a goal).
     Timeout,
 }
 
@@ -64,15 +166,13 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct Operator {
     pub region_id: u64,
-    pub kind: OperatorKind,
-    /// The peer the step is about: the new learner, the learner to promote, the peer to
-    /// remove, or the voter that should become leader.
-    pub peer: Peer,
+    pub step: Step,
+    pub origin: Origin,
     /// The region's epoch when the operator was made; growth past it without the step
     /// showing means the region changed under the operator.
     pub epoch: RegionEpoch,
     pub created: Instant,
-    /// Why the checker made it, for logs and `GetOperators`.
+    /// Why it was made, for logs and `GetOperators`.
     pub reason: String,
 }
 
@@ -87,39 +187,42 @@ enum Progress {
 }
 
 impl Operator {
+    pub fn kind(&self) -> OperatorKind {
+        self.step.kind()
+    }
+
     /// The step as a heartbeat answer, for a region now at `epoch`.
     pub fn step(&self, epoch: RegionEpoch) -> RegionHeartbeatResponse {
-        let change = |change_type: ChangePeerType, role: PeerRole| ChangePeer {
-            change_type: change_type as i32,
-            peer: Some(Peer {
-                role: role as i32,
-                ..self.peer
-            }),
+        let change = |change_type: ChangePeerType, peer: &Peer, role: Option<PeerRole>| {
+            Some(ChangePeer {
+                change_type: change_type as i32,
+                peer: Some(Peer {
+                    role: role.map_or(peer.role, |role| role as i32),
+                    ..*peer
+                }),
+            })
         };
         let mut response = RegionHeartbeatResponse {
             region_id: self.region_id,
             region_epoch: Some(epoch),
             ..RegionHeartbeatResponse::default()
         };
-        match self.kind {
-            OperatorKind::AddLearner => {
-                response.change_peer = Some(change(ChangePeerType::AddLearner, PeerRole::Learner));
-            }
-            OperatorKind::PromoteLearner => {
+        match &self.step {
+            Step::AddLearner(peer) => {
                 response.change_peer =
-                    Some(change(ChangePeerType::PromoteLearner, PeerRole::Voter));
+                    change(ChangePeerType::AddLearner, peer, Some(PeerRole::Learner));
             }
-            OperatorKind::RemovePeer => {
-                response.change_peer = Some(ChangePeer {
-                    change_type: ChangePeerType::RemovePeer as i32,
-                    peer: Some(self.peer),
-                });
+            Step::PromoteLearner(peer) => {
+                response.change_peer =
+                    change(ChangePeerType::PromoteLearner, peer, Some(PeerRole::Voter));
             }
-            OperatorKind::TransferLeader => {
-                response.transfer_leader = Some(TransferLeader {
-                    peer: Some(self.peer),
-                });
+            Step::RemovePeer(peer) => {
+                response.change_peer = change(ChangePeerType::RemovePeer, peer, None);
             }
+            Step::TransferLeader(peer) => {
+                response.transfer_leader = Some(TransferLeader { peer: Some(*peer) });
+            }
+            Step::Split(split) => response.split = Some(split.clone()),
         }
         response
     }
@@ -134,22 +237,27 @@ impl Operator {
     ) -> Progress {
         let epoch = region.epoch.unwrap_or_default();
         let conf_changed = epoch.conf_ver > self.epoch.conf_ver;
-        let changed = conf_changed || epoch.version > self.epoch.version;
-        let role_now = region
-            .peers
-            .iter()
-            .find(|p| p.id == self.peer.id)
-            .map(|p| PeerRole::try_from(p.role));
-        let done = match self.kind {
-            OperatorKind::AddLearner => conf_changed && role_now == Some(Ok(PeerRole::Learner)),
-            OperatorKind::PromoteLearner => conf_changed && role_now == Some(Ok(PeerRole::Voter)),
-            OperatorKind::RemovePeer => conf_changed && role_now.is_none(),
-            OperatorKind::TransferLeader => leader.store_id == self.peer.store_id,
+        let split = epoch.version > self.epoch.version;
+        let role_now = |peer: &Peer| {
+            region
+                .peers
+                .iter()
+                .find(|p| p.id == peer.id)
+                .map(|p| PeerRole::try_from(p.role))
+        };
+        let done = match &self.step {
+            Step::AddLearner(peer) => conf_changed && role_now(peer) == Some(Ok(PeerRole::Learner)),
+            Step::PromoteLearner(peer) => {
+                conf_changed && role_now(peer) == Some(Ok(PeerRole::Voter))
+            }
+            Step::RemovePeer(peer) => conf_changed && role_now(peer).is_none(),
+            Step::TransferLeader(peer) => leader.store_id == peer.store_id,
+            Step::Split(_) => split,
         };
         let joint = is_joint(region);
         if done {
             Progress::Finished(Outcome::Success)
-        } else if changed && !joint {
+        } else if (conf_changed || split) && !joint {
             Progress::Finished(Outcome::Cancelled)
         } else if now.saturating_duration_since(self.created) > timeout {
             Progress::Finished(Outcome::Timeout)
@@ -163,10 +271,12 @@ impl Operator {
     pub fn info(&self, now: Instant) -> OperatorInfo {
         OperatorInfo {
             region_id: self.region_id,
-            kind: self.kind.name().to_owned(),
+            kind: self.kind().name().to_owned(),
             detail: format!(
-                "peer {} on store {}: {}",
-                self.peer.id, self.peer.store_id, self.reason
+                "{} ({}): {}",
+                self.step.describe(),
+                self.origin.name(),
+                self.reason
             ),
             age_ms: now.saturating_duration_since(self.created).as_millis() as u64,
         }
@@ -184,9 +294,11 @@ pub fn is_joint(region: &Region) -> bool {
     })
 }
 
-/// The operators in flight: at most one per region, at most `limit` in all.
+/// The operators (at most one per region) and move goals (likewise) in flight. Operators not
+/// from admin requests are at most `limit` in all.
 pub struct OperatorController {
     in_flight: BTreeMap<u64, Operator>,
+    goals: BTreeMap<u64, MoveGoal>,
     timeout: Duration,
     limit: usize,
 }
@@ -195,6 +307,7 @@ impl OperatorController {
     pub fn new(timeout: Duration, limit: u32) -> OperatorController {
         OperatorController {
             in_flight: BTreeMap::new(),
+            goals: BTreeMap::new(),
             timeout,
             limit: limit as usize,
         }
@@ -205,19 +318,53 @@ impl OperatorController {
         self.in_flight.len() < self.limit
     }
 
-    /// Starts tracking `operator`; returns its first step.
-    pub fn add(&mut self, operator: Operator) -> RegionHeartbeatResponse {
-        assert!(self.has_room(), "operator limit {} exceeded", self.limit);
+    /// Operators in flight that `origin` made.
+    pub fn in_flight_from(&self, origin: Origin) -> usize {
+        self.in_flight
+            .values()
+            .filter(|op| op.origin == origin)
+            .count()
+    }
+
+    /// Goals in flight that `origin` made.
+    pub fn goals_from(&self, origin: Origin) -> usize {
+        self.goals.values().filter(|g| g.origin == origin).count()
+    }
+
+    pub fn operator(&self, region_id: u64) -> Option<&Operator> {
+        self.in_flight.get(&region_id)
+    }
+
+    pub fn operators(&self) -> impl Iterator<Item = &Operator> {
+        self.in_flight.values()
+    }
+
+    pub fn goal(&self, region_id: u64) -> Option<&MoveGoal> {
+        self.goals.get(&region_id)
+    }
+
+    pub fn goals(&self) -> impl Iterator<Item = &MoveGoal> {
+        self.goals.values()
+    }
+
+    /// Starts tracking `operator`; returns its first step. An admin operator replaces
+    /// (cancels) whatever is in flight for the region and ignores the limit; any other needs
+    /// the region free and a slot (the caller checks both).
+    pub fn add(&mut self, operator: Operator, now: Instant) -> RegionHeartbeatResponse {
+        if operator.origin == Origin::Admin {
+            self.cancel_operator(operator.region_id, now);
+        } else {
+            assert!(self.has_room(), "operator limit {} exceeded", self.limit);
+        }
         let step = operator.step(operator.epoch);
         tracing::info!(
             region = operator.region_id,
-            kind = operator.kind.name(),
-            peer = operator.peer.id,
-            store = operator.peer.store_id,
+            step = %operator.step.describe(),
+            origin = operator.origin.name(),
             reason = %operator.reason,
             "operator created"
         );
-        count(operator.kind, "created");
+        count(operator.kind().name(), "created");
         let replaced = self.in_flight.insert(operator.region_id, operator);
         assert!(replaced.is_none(), "two operators for one region");
         self.publish_in_flight();
@@ -245,8 +392,8 @@ impl OperatorController {
         }
     }
 
-    /// Ends operators past the timeout whose regions stopped reporting (a dead leader), so
-    /// they do not hold slots of the limit for ever. Costs O(in flight) — bounded by `limit`.
+    /// Ends operators and goals past their timeouts whose regions stopped reporting (a dead
+    /// leader), so they do not hold slots for ever. Costs O(in flight), bounded by the limits.
     pub fn expire(&mut self, now: Instant) {
         let expired: Vec<u64> = self
             .in_flight
@@ -257,18 +404,122 @@ impl OperatorController {
         for region_id in expired {
             self.finish(region_id, Outcome::Timeout, now);
         }
+        let goal_timeout = self.timeout * GOAL_TIMEOUT_FACTOR;
+        let expired: Vec<u64> = self
+            .goals
+            .values()
+            .filter(|goal| now.saturating_duration_since(goal.created) > goal_timeout)
+            .map(|goal| goal.region_id)
+            .collect();
+        for region_id in expired {
+            self.finish_goal(region_id, Outcome::Timeout, now);
+        }
     }
 
-    /// Ends the operator of a region placement no longer has (replaced by an overlapping one).
-    pub fn cancel(&mut self, region_id: u64, now: Instant) {
+    /// Ends what was in flight for a region placement no longer has: `by` (a region
+    /// reporting a range that overlaps it) replaced it. A split whose new region that is
+    /// succeeded; anything else is cancelled.
+    pub fn on_region_replaced(&mut self, region_id: u64, by: &Region, now: Instant) {
+        let split_done = self.in_flight.get(&region_id).is_some_and(
+            |op| matches!(&op.step, Step::Split(split) if split.new_region_id == by.id),
+        );
+        if split_done {
+            self.finish(region_id, Outcome::Success, now);
+        }
+        self.cancel_operator(region_id, now);
+        if self.goals.contains_key(&region_id) {
+            self.finish_goal(region_id, Outcome::Cancelled, now);
+        }
+    }
+
+    /// Cancels the operator in flight for `region_id`, if any.
+    pub fn cancel_operator(&mut self, region_id: u64, now: Instant) {
         if self.in_flight.contains_key(&region_id) {
             self.finish(region_id, Outcome::Cancelled, now);
         }
     }
 
-    /// Every operator in flight, by region id.
+    /// Cancels whatever would put a replica or leadership onto `store_id` (it is being
+    /// drained): operators adding, promoting or handing leadership to a peer there, and
+    /// goals moving regions to it.
+    pub fn cancel_toward_store(&mut self, store_id: u64, now: Instant) {
+        let operators: Vec<u64> = self
+            .in_flight
+            .values()
+            .filter(|op| {
+                matches!(
+                    op.step,
+                    Step::AddLearner(peer) | Step::PromoteLearner(peer) | Step::TransferLeader(peer)
+                        if peer.store_id == store_id
+                )
+            })
+            .map(|op| op.region_id)
+            .collect();
+        for region_id in operators {
+            self.finish(region_id, Outcome::Cancelled, now);
+        }
+        let goals: Vec<u64> = self
+            .goals
+            .values()
+            .filter(|goal| goal.to_store == store_id)
+            .map(|goal| goal.region_id)
+            .collect();
+        for region_id in goals {
+            self.finish_goal(region_id, Outcome::Cancelled, now);
+        }
+    }
+
+    /// Starts tracking `goal`, replacing (cancelling) any other goal of its region.
+    pub fn set_goal(&mut self, goal: MoveGoal, now: Instant) {
+        if self.goals.contains_key(&goal.region_id) {
+            self.finish_goal(goal.region_id, Outcome::Cancelled, now);
+        }
+        tracing::info!(
+            region = goal.region_id,
+            from_store = goal.from_store,
+            to_store = goal.to_store,
+            origin = goal.origin.name(),
+            "move goal set"
+        );
+        count(MOVE_REGION_KIND, "created");
+        self.goals.insert(goal.region_id, goal);
+        self.publish_in_flight();
+    }
+
+    /// Records what the goal of `region_id` is doing now (for `GetOperators`).
+    pub fn note_goal_progress(&mut self, region_id: u64, progress: String) {
+        if let Some(goal) = self.goals.get_mut(&region_id) {
+            goal.progress = progress;
+        }
+    }
+
+    pub fn finish_goal(&mut self, region_id: u64, outcome: Outcome, now: Instant) {
+        let Some(goal) = self.goals.remove(&region_id) else {
+            return;
+        };
+        tracing::info!(
+            region = region_id,
+            from_store = goal.from_store,
+            to_store = goal.to_store,
+            origin = goal.origin.name(),
+            outcome = outcome.name(),
+            age_ms = now.saturating_duration_since(goal.created).as_millis() as u64,
+            "move goal finished"
+        );
+        count(MOVE_REGION_KIND, outcome.name());
+        self.publish_in_flight();
+    }
+
+    /// Every operator and goal in flight, by region id (a region's operator before its goal).
     pub fn infos(&self, now: Instant) -> Vec<OperatorInfo> {
-        self.in_flight.values().map(|op| op.info(now)).collect()
+        let mut infos: Vec<OperatorInfo> = self
+            .in_flight
+            .values()
+            .map(|op| op.info(now))
+            .chain(self.goals.values().map(|goal| goal.info(now)))
+            .collect();
+        infos.sort_by_key(|info| info.region_id);
+        infos
     }
 
     fn finish(&mut self, region_id: u64, outcome: Outcome, now: Instant) {
@@ -277,26 +528,26 @@ impl OperatorController {
         };
         tracing::info!(
             region = region_id,
-            kind = operator.kind.name(),
-            peer = operator.peer.id,
-            store = operator.peer.store_id,
+            step = %operator.step.describe(),
+            origin = operator.origin.name(),
             outcome = outcome.name(),
             age_ms = now.saturating_duration_since(operator.created).as_millis() as u64,
             "operator finished"
         );
-        count(operator.kind, outcome.name());
+        count(operator.kind().name(), outcome.name());
         self.publish_in_flight();
     }
 
     fn publish_in_flight(&self) {
         metrics::gauge!("ringkv_placement_operators_in_flight").set(self.in_flight.len() as f64);
+        metrics::gauge!("ringkv_placement_move_goals_in_flight").set(self.goals.len() as f64);
     }
 }
 
-fn count(kind: OperatorKind, outcome: &'static str) {
+fn count(kind: &'static str, outcome: &'static str) {
     metrics::counter!(
         "ringkv_placement_operators_total",
-        "kind" => kind.name(),
+        "kind" => kind,
         "outcome" => outcome
     )
     .increment(1);

@@ -147,6 +147,7 @@ fn store_state_name(state: i32) -> &'static str {
         Ok(StoreState::Up) => "up",
         Ok(StoreState::Down) => "down",
         Ok(StoreState::Tombstone) => "tombstone",
+        Ok(StoreState::Offline) => "offline",
         Err(_) => "unknown",
     }
 }
@@ -234,18 +235,20 @@ async fn render_metrics(State(http): State<HttpState>) -> Response {
     {
         let state = http.state.lock();
         let now = Instant::now();
-        let mut by_state = [0u64; 3];
-        for info in state.stores(now) {
-            if let Some(slot) = usize::try_from(info.state)
-                .ok()
-                .and_then(|i| by_state.get_mut(i))
-            {
-                *slot += 1;
-            }
-        }
-        for (index, name) in ["up", "down", "tombstone"].iter().enumerate() {
-            metrics::gauge!("ringkv_placement_stores", "state" => *name)
-                .set(by_state[index] as f64);
+        let states = [
+            StoreState::Up,
+            StoreState::Down,
+            StoreState::Tombstone,
+            StoreState::Offline,
+        ];
+        let infos = state.stores(now);
+        for store_state in states {
+            let count = infos
+                .iter()
+                .filter(|info| info.state == store_state as i32)
+                .count();
+            metrics::gauge!("ringkv_placement_stores", "state" => store_state_name(store_state as i32))
+                .set(count as f64);
         }
         metrics::gauge!("ringkv_placement_regions").set(state.region_count() as f64);
     }

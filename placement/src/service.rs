@@ -6,12 +6,14 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use ringkv_proto::placementpb::placement_server::Placement;
 use ringkv_proto::placementpb::{
-    get_region_request, AllocIdRequest, AllocIdResponse, BootstrapRequest, BootstrapResponse,
-    GetAllStoresRequest, GetAllStoresResponse, GetClusterInfoRequest, GetClusterInfoResponse,
-    GetOperatorsRequest, GetOperatorsResponse, GetRegionRequest, GetRegionResponse,
-    GetStoreRequest, GetStoreResponse, PutStoreRequest, PutStoreResponse, RegionHeartbeatRequest,
-    RegionHeartbeatResponse, ScanRegionsRequest, ScanRegionsResponse, StoreHeartbeatRequest,
-    StoreHeartbeatResponse,
+    get_region_request, AllocIdRequest, AllocIdResponse, AskSplitRequest, AskSplitResponse,
+    BootstrapRequest, BootstrapResponse, GetAllStoresRequest, GetAllStoresResponse,
+    GetClusterInfoRequest, GetClusterInfoResponse, GetOperatorsRequest, GetOperatorsResponse,
+    GetRegionRequest, GetRegionResponse, GetStoreRequest, GetStoreResponse, MoveRegionRequest,
+    MoveRegionResponse, PutStoreRequest, PutStoreResponse, RegionHeartbeatRequest,
+    RegionHeartbeatResponse, RemoveStoreRequest, RemoveStoreResponse, ScanRegionsRequest,
+    ScanRegionsResponse, SplitRegionRequest, SplitRegionResponse, StoreHeartbeatRequest,
+    StoreHeartbeatResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -222,6 +224,72 @@ impl Placement for PlacementService {
             Ok(ScanRegionsResponse {
                 regions: state.scan_regions(request.start_hash, request.limit)?,
             })
+        })
+    }
+
+    async fn ask_split(
+        &self,
+        request: Request<AskSplitRequest>,
+    ) -> std::result::Result<Response<AskSplitResponse>, Status> {
+        let request = request.into_inner();
+        self.call("ask_split", request.header.as_ref(), |state| {
+            let region = request
+                .region
+                .ok_or_else(|| PlacementError::Invalid("no region given".into()))?;
+            let (new_region_id, new_peer_ids) = state.ask_split(&region)?;
+            Ok(AskSplitResponse {
+                new_region_id,
+                new_peer_ids,
+            })
+        })
+    }
+
+    async fn split_region(
+        &self,
+        request: Request<SplitRegionRequest>,
+    ) -> std::result::Result<Response<SplitRegionResponse>, Status> {
+        let request = request.into_inner();
+        self.call("split_region", request.header.as_ref(), |state| {
+            state.split_region(request.region_id, request.split_hash, Instant::now())?;
+            Ok(SplitRegionResponse {})
+        })
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> std::result::Result<Response<TransferLeaderResponse>, Status> {
+        let request = request.into_inner();
+        self.call("transfer_leader", request.header.as_ref(), |state| {
+            state.transfer_leader(request.region_id, request.to_store_id, Instant::now())?;
+            Ok(TransferLeaderResponse {})
+        })
+    }
+
+    async fn move_region(
+        &self,
+        request: Request<MoveRegionRequest>,
+    ) -> std::result::Result<Response<MoveRegionResponse>, Status> {
+        let request = request.into_inner();
+        self.call("move_region", request.header.as_ref(), |state| {
+            state.move_region(
+                request.region_id,
+                request.from_store_id,
+                request.to_store_id,
+                Instant::now(),
+            )?;
+            Ok(MoveRegionResponse {})
+        })
+    }
+
+    async fn remove_store(
+        &self,
+        request: Request<RemoveStoreRequest>,
+    ) -> std::result::Result<Response<RemoveStoreResponse>, Status> {
+        let request = request.into_inner();
+        self.call("remove_store", request.header.as_ref(), |state| {
+            state.remove_store(request.store_id, Instant::now())?;
+            Ok(RemoveStoreResponse {})
         })
     }
 }

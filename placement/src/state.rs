@@ -7,10 +7,16 @@
 //! statistics, who leads a region, the operators in flight) is rebuilt from heartbeats after a
 //! restart.
 //!
-//! Every accepted region report is also a chance to schedule: the operator in flight for the
-//! region is judged and re-sent (see `operator`), or, with none, the replica checker (see
-//! `checker`) may start one. Healing waits for `max_store_down_time` counted from placement's
-//! own start too, so a placement restart alone never looks like stores going down.
+//! Every accepted region report is also a chance to schedule (see `scheduling`): the operator
+//! in flight for the region is judged and re-sent (see `operator`), or, with none, the move
+//! goal, the replica checker and the balancers may start one. Healing waits for
+//! `max_store_down_time` counted from placement's own start too, so a placement restart alone
+//! never looks like stores going down. Admin requests (split, leader transfer, move, store
+//! removal) are checked and turned into operators, goals or store states in `admin`.
+//!
+//! A store's life: registered (up or down by its heartbeats) → offline (remove-store asked;
+//! durable; drained by the checker) → tombstone (durable, once no region placement knows has
+//! a peer on it; refused for good).
 //!
 //! Nothing goes backwards: a region heartbeat with an older epoch than placement knows, or an
 //! older one than a region overlapping its range, is refused (a split or membership change
@@ -22,16 +28,18 @@ use std::ops::Bound;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store};
+use ringkv_proto::metapb::{Peer, Region, RegionEpoch, Store};
 use ringkv_proto::placementpb::{
     OperatorInfo, PersistedState, PersistedStore, RegionHeartbeatResponse, RegionStats,
     RegionWithLeader, RequestHeader, StoreInfo, StoreState, StoreStats,
 };
 
-use crate::checker::{check_replicas, ClusterView, Decision, StoreHealth};
 use crate::error::{PlacementError, Result};
-use crate::operator::{Operator, OperatorController, OperatorKind};
+use crate::operator::OperatorController;
 use crate::storage::Storage;
+
+mod admin;
+mod scheduling;
 
 /// Ids are persisted as a watermark this far ahead of the last one handed out, so most
 /// allocations need no write; a restart skips the unused rest.
@@ -48,8 +56,17 @@ pub struct PlacementConfig {
     /// An operator not seen done by then is given up (default 5 minutes).
     pub operator_timeout: Duration,
     /// Operators in flight cluster-wide at most (default 16); more wait for a free slot.
-    /// 0 turns replica scheduling off.
+    /// Admin requests are never refused for it but take slots too. 0 turns all scheduling
+    /// off but admin splits and leader transfers (a move's steps wait for slots as well).
     pub replica_schedule_limit: u32,
+    /// Run the balance schedulers (default true): once the replica rules have nothing to do
+    /// for a region, even out leaders and peers per store until the counts are within 1 of
+    /// each other (max - min <= 1; for leaders, among the stores holding a region's voters).
+    pub balance: bool,
+    /// Leader transfers of the leader balancer in flight at most (default 4).
+    pub leader_schedule_limit: u32,
+    /// Moves (goals) of the region balancer in flight at most (default 4).
+    pub region_schedule_limit: u32,
 }
 
 impl Default for PlacementConfig {
@@ -59,6 +76,9 @@ impl Default for PlacementConfig {
             max_store_down_time: Duration::from_secs(30 * 60),
             operator_timeout: Duration::from_secs(5 * 60),
             replica_schedule_limit: 16,
+            balance: true,
+            leader_schedule_limit: 4,
+            region_schedule_limit: 4,
         }
     }
 }
@@ -158,6 +178,19 @@ impl Durable {
         }
     }
 
+    /// Marks every offline store with no peer left a tombstone; returns their ids.
+    fn retire_drained_stores(&mut self) -> Vec<u64> {
+        let mut retired = vec![];
+        for (&id, store) in &mut self.stores {
+            if store.offline && !self.peer_counts.contains_key(&id) {
+                store.offline = false;
+                store.tombstone = true;
+                retired.push(id);
+            }
+        }
+        retired
+    }
+
     /// Adds `region`, replacing any region with its id.
     fn insert_region(&mut self, region: Region) {
         self.remove_region(region.id);
@@ -199,6 +232,9 @@ pub struct ClusterState {
     started: Instant,
     stores_live: HashMap<u64, StoreLive>,
     regions_live: HashMap<u64, RegionLive>,
+    /// store id → regions whose last report named a leader there (no zero entries); derived
+    /// from `regions_live` and kept with it.
+    leader_counts: BTreeMap<u64, u64>,
     operators: OperatorController,
 }
 
@@ -234,6 +270,7 @@ impl ClusterState {
             started: now,
             stores_live: HashMap::new(),
             regions_live: HashMap::new(),
+            leader_counts: BTreeMap::new(),
             operators,
         };
         if fresh {
@@ -253,11 +290,16 @@ impl ClusterState {
         Ok(state)
     }
 
-    /// Saves `next` and makes it the live durable state.
-    fn commit(&mut self, next: Durable) -> Result<()> {
+    /// Saves `next` and makes it the live durable state. Offline stores it leaves without
+    /// peers become tombstones in the same save.
+    fn commit(&mut self, mut next: Durable) -> Result<()> {
         debug_assert_eq!(next.peer_counts, next.count_peers(), "peer counts drifted");
+        let retired = next.retire_drained_stores();
         self.storage.save(&next.to_proto())?;
         self.durable = next;
+        for store in retired {
+            tracing::info!(store, "offline store drained: now a tombstone");
+        }
         Ok(())
     }
 
@@ -391,7 +433,7 @@ impl ClusterState {
             store.id,
             PersistedStore {
                 store: Some(store.clone()),
-                tombstone: false,
+                ..PersistedStore::default()
             },
         );
         for region in sorted {
@@ -409,6 +451,7 @@ impl ClusterState {
     /// Registers a store or updates its addresses.
     pub fn put_store(&mut self, store: Store) -> Result<()> {
         self.require_bootstrapped()?;
+        let mut offline = false;
         if let Some(existing) = self.durable.stores.get(&store.id) {
             if existing.tombstone {
                 return Err(PlacementError::Tombstone(store.id));
@@ -416,6 +459,7 @@ impl ClusterState {
             if existing.store.as_ref() == Some(&store) {
                 return Ok(());
             }
+            offline = existing.offline;
         }
         self.check_store_fields(&store)?;
         let mut next = self.durable.clone();
@@ -425,6 +469,7 @@ impl ClusterState {
             PersistedStore {
                 store: Some(store),
                 tombstone: false,
+                offline,
             },
         );
         self.commit(next)?;
@@ -466,8 +511,8 @@ impl ClusterState {
 
     /// Takes a leader's report about its region (see the module docs for what is refused)
     /// and answers with the step the region should take next; an empty answer (no
-    /// `change_peer`, no `transfer_leader`) means nothing to do. `pending_peers` are the
-    /// peers the leader says are still catching up.
+    /// `change_peer`, `transfer_leader` or `split`) means nothing to do. `pending_peers` are
+    /// the peers the leader says are still catching up.
     pub fn region_heartbeat(
         &mut self,
         region: Region,
@@ -561,14 +606,11 @@ impl ClusterState {
                 });
             }
         }
-        let live = self.regions_live.entry(id).or_default();
-        if term < live.term {
+        let known_term = self.regions_live.get(&id).map_or(0, |live| live.term);
+        if term < known_term {
             return Err(PlacementError::StaleRegion {
                 region_id: id,
-                reason: format!(
-                    "leader report from term {term}, placement has term {}",
-                    live.term
-                ),
+                reason: format!("leader report from term {term}, placement has term {known_term}"),
             });
         }
         if changed || !overlaps.is_empty() {
@@ -579,9 +621,9 @@ impl ClusterState {
             next.remove_region(id);
             next.insert_region(region.clone());
             self.commit(next)?;
-            for other in &overlaps {
-                self.regions_live.remove(other);
-                self.operators.cancel(*other, now);
+            for &other in &overlaps {
+                self.forget_region_live(other);
+                self.operators.on_region_replaced(other, region, now);
             }
             tracing::info!(
                 region = id,
@@ -590,90 +632,60 @@ impl ClusterState {
                 "region updated"
             );
         }
-        let live = self.regions_live.entry(id).or_default();
-        if live.leader.as_ref() != Some(&leader) {
+        let previous = self.regions_live.insert(
+            id,
+            RegionLive {
+                leader: Some(leader),
+                term,
+                stats,
+            },
+        );
+        let previous_leader = previous.and_then(|live| live.leader);
+        if previous_leader != Some(leader) {
             tracing::debug!(region = id, leader = leader.id, term, "region leader");
         }
-        live.leader = Some(leader);
-        live.term = term;
-        live.stats = stats;
+        if let Some(old) = previous_leader {
+            self.uncount_leader(old.store_id);
+        }
+        *self.leader_counts.entry(leader.store_id).or_default() += 1;
+        debug_assert_eq!(
+            self.leader_counts,
+            self.count_leaders(),
+            "leader counts drifted"
+        );
         Ok(leader)
     }
 
-    /// Judges the operator in flight for `region` by its accepted report, or asks the
-    /// replica checker for a new one; returns the step to send.
-    fn schedule(
-        &mut self,
-        region: &Region,
-        leader: &Peer,
-        pending_peers: &[Peer],
-        now: Instant,
-    ) -> Result<RegionHeartbeatResponse> {
-        let in_flight = self.operators.on_region_report(region, leader, now);
-        self.operators.expire(now);
-        if let Some(step) = in_flight {
-            return Ok(step);
-        }
-        if !self.operators.has_room() {
-            return Ok(RegionHeartbeatResponse::default());
-        }
-        let stores: BTreeMap<u64, StoreHealth> = self
-            .durable
-            .stores
-            .iter()
-            .map(|(&id, store)| (id, self.store_health(id, store, now)))
-            .collect();
-        let view = ClusterView {
-            max_replicas: self.config.max_replicas as usize,
-            stores: &stores,
-            peer_counts: &self.durable.peer_counts,
-        };
-        let Some(decision) = check_replicas(&view, region, leader, pending_peers) else {
-            return Ok(RegionHeartbeatResponse::default());
-        };
-        let (kind, peer, reason) = match decision {
-            Decision::AddLearner { store_id, reason } => {
-                // Allocated through the durable watermark: a restarted placement never hands
-                // the same peer id out again, even for a learner it no longer remembers.
-                let (id, _) = self.alloc_ids(1)?;
-                let peer = Peer {
-                    id,
-                    store_id,
-                    role: PeerRole::Learner as i32,
-                };
-                (OperatorKind::AddLearner, peer, reason)
-            }
-            Decision::Step { kind, peer, reason } => (kind, peer, reason),
-        };
-        Ok(self.operators.add(Operator {
-            region_id: region.id,
-            kind,
-            peer,
-            epoch: region.epoch.unwrap_or_default(),
-            created: now,
-            reason,
-        }))
-    }
-
-    /// How healing sees a store at `now`.
-    fn store_health(&self, store_id: u64, store: &PersistedStore, now: Instant) -> StoreHealth {
-        let down_after = self.config.max_store_down_time;
-        if store.tombstone {
-            return StoreHealth::Tombstone;
-        }
-        match self.stores_live.get(&store_id) {
-            Some(live) if now.saturating_duration_since(live.last_heartbeat) <= down_after => {
-                StoreHealth::Up
-            }
-            Some(_) => StoreHealth::Down,
-            None if now.saturating_duration_since(self.started) <= down_after => {
-                StoreHealth::Unknown
-            }
-            None => StoreHealth::Down,
+    /// Drops what the leader of a region placement no longer has last said.
+    fn forget_region_live(&mut self, region_id: u64) {
+        let leader = self
+            .regions_live
+            .remove(&region_id)
+            .and_then(|live| live.leader);
+        if let Some(leader) = leader {
+            self.uncount_leader(leader.store_id);
         }
     }
 
-    /// The operators in flight, by region id.
+    fn uncount_leader(&mut self, store_id: u64) {
+        if let Some(count) = self.leader_counts.get_mut(&store_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.leader_counts.remove(&store_id);
+            }
+        }
+    }
+
+    /// `leader_counts` recomputed from scratch, to check the incremental one.
+    fn count_leaders(&self) -> BTreeMap<u64, u64> {
+        let mut counts = BTreeMap::new();
+        for leader in self.regions_live.values().filter_map(|live| live.leader) {
+            *counts.entry(leader.store_id).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The operators and move goals in flight, by region id.
     pub fn operators(&self, now: Instant) -> Vec<OperatorInfo> {
         self.operators.infos(now)
     }
@@ -758,6 +770,8 @@ impl ClusterState {
         let since = live.map(|l| now.duration_since(l.last_heartbeat));
         let state = if store.tombstone {
             StoreState::Tombstone
+        } else if store.offline {
+            StoreState::Offline
         } else if since.is_some_and(|s| s <= self.config.max_store_down_time) {
             StoreState::Up
         } else {

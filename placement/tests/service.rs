@@ -8,10 +8,12 @@ use ringkv_placement::{PlacementConfig, RunningPlacement, ServeConfig};
 use ringkv_proto::metapb::{Peer, Region, RegionEpoch, Store};
 use ringkv_proto::placementpb::placement_client::PlacementClient;
 use ringkv_proto::placementpb::{
-    get_region_request, AllocIdRequest, BootstrapRequest, ChangePeerType, GetAllStoresRequest,
-    GetClusterInfoRequest, GetOperatorsRequest, GetRegionRequest, PutStoreRequest,
-    RegionHeartbeatRequest, RegionHeartbeatResponse, RegionWithLeader, RequestHeader,
-    ScanRegionsRequest, StoreHeartbeatRequest, StoreState, StoreStats,
+    get_region_request, AllocIdRequest, AskSplitRequest, BootstrapRequest, ChangePeerType,
+    GetAllStoresRequest, GetClusterInfoRequest, GetOperatorsRequest, GetRegionRequest,
+    GetStoreRequest, MoveRegionRequest, PutStoreRequest, RegionHeartbeatRequest,
+    RegionHeartbeatResponse, RegionWithLeader, RemoveStoreRequest, RequestHeader,
+    ScanRegionsRequest, SplitRegionRequest, StoreHeartbeatRequest, StoreState, StoreStats,
+    TransferLeaderRequest,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -568,6 +570,268 @@ async fn region_heartbeat_answers_add_learner_once_more_stores_are_up() {
         Some(region.id),
         "{json}"
     );
+    placement.shutdown().await;
+}
+
+async fn operator_kinds(client: &mut Client, cluster: u64) -> Vec<(u64, String)> {
+    client
+        .get_operators(GetOperatorsRequest {
+            header: header(cluster),
+        })
+        .await
+        .expect("operators")
+        .into_inner()
+        .operators
+        .into_iter()
+        .map(|op| (op.region_id, op.kind))
+        .collect()
+}
+
+/// Registers `count` more stores and has them heartbeat; returns their ids.
+async fn add_stores(client: &mut Client, cluster: u64, count: u32, port: u16) -> Vec<u64> {
+    let ids = alloc(client, cluster, count).await;
+    for (n, &id) in ids.iter().enumerate() {
+        client
+            .put_store(PutStoreRequest {
+                header: header(cluster),
+                store: Some(store(id, port + 10 * n as u16)),
+            })
+            .await
+            .expect("register store");
+        store_heartbeat(client, cluster, id).await;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn admin_requests_are_reachable_and_validate_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let placement = start(dir.path()).await;
+    let mut client = connect(placement.grpc_addr()).await;
+    let boot = bootstrap(&mut client).await;
+    let c = boot.cluster;
+    let (low, high) = (boot.regions[0].clone(), boot.regions[1].clone());
+    store_heartbeat(&mut client, c, boot.store).await;
+    let others = add_stores(&mut client, c, 2, 21_000).await;
+
+    // AskSplit: ids for a split the leader decided on.
+    let ask = |region: Option<Region>, cluster| AskSplitRequest {
+        header: header(cluster),
+        region,
+    };
+    let ids = client
+        .ask_split(ask(Some(low.clone()), c))
+        .await
+        .expect("ask split")
+        .into_inner();
+    assert_ne!(ids.new_region_id, 0);
+    assert_eq!(ids.new_peer_ids.len(), low.peers.len(), "{ids:?}");
+    let unknown_region = Region {
+        id: 999_999,
+        ..low.clone()
+    };
+    for (what, request, code) in [
+        (
+            "an unknown region",
+            ask(Some(unknown_region), c),
+            Code::NotFound,
+        ),
+        ("no region", ask(None, c), Code::InvalidArgument),
+        (
+            "a wrong cluster",
+            ask(Some(low.clone()), c ^ 1),
+            Code::FailedPrecondition,
+        ),
+    ] {
+        let refused = client.ask_split(request).await.expect_err(what);
+        assert_eq!(refused.code(), code, "ask-split for {what}: {refused}");
+    }
+
+    // SplitRegion: validated, then sent as the region's next step.
+    let split = |region_id, split_hash| SplitRegionRequest {
+        header: header(c),
+        region_id,
+        split_hash,
+    };
+    for (what, request, code) in [
+        ("an unknown region", split(999_999, 5), Code::NotFound),
+        (
+            "a hash at the region's end",
+            split(low.id, HALF),
+            Code::InvalidArgument,
+        ),
+    ] {
+        let refused = client.split_region(request).await.expect_err(what);
+        assert_eq!(refused.code(), code, "split of {what}: {refused}");
+    }
+    let refused = client
+        .split_region(split(low.id, HALF + 1))
+        .await
+        .expect_err("a hash outside the region");
+    for id in [low.id, HALF + 1] {
+        assert!(
+            refused.message().contains(&id.to_string()),
+            "the message names {id}: {refused}"
+        );
+    }
+    client
+        .split_region(split(low.id, 5))
+        .await
+        .expect("split accepted");
+    assert_eq!(
+        operator_kinds(&mut client, c).await,
+        vec![(low.id, "split".to_owned())]
+    );
+    let answer = heartbeat(&mut client, c, &low, low.peers[0], 1)
+        .await
+        .expect("heartbeat");
+    assert_eq!(answer.split.map(|s| s.split_hash), Some(5));
+
+    // TransferLeader: only to a voter of the region.
+    let transfer = |region_id, to_store_id| TransferLeaderRequest {
+        header: header(c),
+        region_id,
+        to_store_id,
+    };
+    for (what, request, code) in [
+        (
+            "an unknown region",
+            transfer(999_999, boot.store),
+            Code::NotFound,
+        ),
+        (
+            "an unknown store",
+            transfer(high.id, 999_999),
+            Code::NotFound,
+        ),
+        (
+            "a store without a voter",
+            transfer(high.id, others[0]),
+            Code::InvalidArgument,
+        ),
+    ] {
+        let refused = client.transfer_leader(request).await.expect_err(what);
+        assert_eq!(refused.code(), code, "transfer to {what}: {refused}");
+    }
+    client
+        .transfer_leader(transfer(high.id, boot.store))
+        .await
+        .expect("transfer accepted");
+
+    // MoveRegion: a goal, listed with the operators.
+    let move_region = |region_id, from_store_id, to_store_id| MoveRegionRequest {
+        header: header(c),
+        region_id,
+        from_store_id,
+        to_store_id,
+    };
+    for (what, request, code) in [
+        (
+            "an unknown region",
+            move_region(999_999, boot.store, others[0]),
+            Code::NotFound,
+        ),
+        (
+            "an unknown store",
+            move_region(high.id, boot.store, 999_999),
+            Code::NotFound,
+        ),
+        (
+            "the same store",
+            move_region(high.id, boot.store, boot.store),
+            Code::InvalidArgument,
+        ),
+        (
+            "a store without a peer",
+            move_region(high.id, others[0], others[1]),
+            Code::InvalidArgument,
+        ),
+    ] {
+        let refused = client.move_region(request).await.expect_err(what);
+        assert_eq!(refused.code(), code, "move with {what}: {refused}");
+    }
+    client
+        .move_region(move_region(high.id, boot.store, others[0]))
+        .await
+        .expect("move accepted");
+    let kinds = operator_kinds(&mut client, c).await;
+    assert!(
+        kinds.contains(&(high.id, "move-region".to_owned())),
+        "{kinds:?}"
+    );
+
+    // RemoveStore: refused while too few stores would stay, then accepted.
+    let remove = |store_id| RemoveStoreRequest {
+        header: header(c),
+        store_id,
+    };
+    let refused = client
+        .remove_store(remove(999_999))
+        .await
+        .expect_err("unknown store");
+    assert_eq!(refused.code(), Code::NotFound, "{refused}");
+    let refused = client
+        .remove_store(remove(others[1]))
+        .await
+        .expect_err("two stores would stay, three replicas wanted");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+    add_stores(&mut client, c, 1, 22_000).await;
+    client
+        .remove_store(remove(others[1]))
+        .await
+        .expect("removal accepted");
+    // It holds no peer: a tombstone at once.
+    let removed = client
+        .get_store(GetStoreRequest {
+            header: header(c),
+            store_id: others[1],
+        })
+        .await
+        .expect("store")
+        .into_inner()
+        .store
+        .expect("store info");
+    assert_eq!(removed.state, StoreState::Tombstone as i32);
+    placement.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_draining_store_shows_as_offline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let placement = start(dir.path()).await;
+    let mut client = connect(placement.grpc_addr()).await;
+    let boot = bootstrap(&mut client).await;
+    let c = boot.cluster;
+    store_heartbeat(&mut client, c, boot.store).await;
+    add_stores(&mut client, c, 3, 21_000).await;
+    client
+        .remove_store(RemoveStoreRequest {
+            header: header(c),
+            store_id: boot.store,
+        })
+        .await
+        .expect("removal accepted");
+    let stores = client
+        .get_all_stores(GetAllStoresRequest { header: header(c) })
+        .await
+        .expect("stores")
+        .into_inner()
+        .stores;
+    let state = stores
+        .iter()
+        .find(|info| info.store.as_ref().map(|s| s.id) == Some(boot.store))
+        .map(|info| info.state);
+    assert_eq!(state, Some(StoreState::Offline as i32), "{stores:?}");
+    // Still heartbeating while drained.
+    store_heartbeat(&mut client, c, boot.store).await;
+    let http = placement.http_addr().expect("HTTP address");
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(http, "/status").await).expect("JSON");
+    let listed = json["stores"]
+        .as_array()
+        .and_then(|stores| stores.iter().find(|s| s["id"].as_u64() == Some(boot.store)))
+        .map(|s| s["state"].clone());
+    assert_eq!(listed, Some(serde_json::json!("offline")), "{json}");
     placement.shutdown().await;
 }
 
