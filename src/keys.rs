@@ -40,6 +40,15 @@ pub fn user_key_of(data_key: &[u8]) -> Option<&[u8]> {
     Some(&data_key[9..])
 }
 
+/// The ring position recorded in a data key, or `None` if it is not one.
+pub fn hash_of_data_key(data_key: &[u8]) -> Option<u64> {
+    if data_key.len() < 9 || data_key[0] != DATA_PREFIX {
+        return None;
+    }
+    let bytes: [u8; 8] = data_key[1..9].try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
 /// First data key at ring position `hash` (inclusive bound of a region's data range).
 pub fn data_range_start(start_hash: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);

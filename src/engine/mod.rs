@@ -143,6 +143,42 @@ impl Engine {
     }
 
     /// Visits `[start, end)` of a column family in order; `visit` returns false to stop.
+    /// Size (key + value bytes) and key count of the user data in the hash range
+    /// `[start_hash, end_hash)` (`end_hash` 0 = end of the ring), and, when `want_middle`, the
+    /// hash of the first key past half of that size — where a split halves the data. One pass
+    /// to size it, one more to find the middle.
+    pub fn region_data_stats(
+        &self,
+        start_hash: u64,
+        end_hash: u64,
+        want_middle: bool,
+    ) -> Result<RegionDataStats> {
+        let (start, end) = (
+            keys::data_range_start(start_hash),
+            keys::data_range_end(end_hash),
+        );
+        let mut stats = RegionDataStats::default();
+        self.scan(CF_DEFAULT, &start, &end, |key, value| {
+            stats.size_bytes += (key.len() + value.len()) as u64;
+            stats.keys += 1;
+            Ok(true)
+        })?;
+        if !want_middle || stats.keys < 2 {
+            return Ok(stats);
+        }
+        let half = stats.size_bytes / 2;
+        let mut seen = 0u64;
+        self.scan(CF_DEFAULT, &start, &end, |key, value| {
+            seen += (key.len() + value.len()) as u64;
+            if seen < half {
+                return Ok(true);
+            }
+            stats.middle_hash = keys::hash_of_data_key(key);
+            Ok(false)
+        })?;
+        Ok(stats)
+    }
+
     pub fn scan(
         &self,
         cf: &'static str,
@@ -259,6 +295,15 @@ impl WriteBatch {
     pub fn size_bytes(&self) -> usize {
         self.inner.size_in_bytes()
     }
+}
+
+/// What [`Engine::region_data_stats`] measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionDataStats {
+    pub size_bytes: u64,
+    pub keys: u64,
+    /// The hash where the data halves (None for fewer than two keys or when not asked).
+    pub middle_hash: Option<u64>,
 }
 
 #[cfg(test)]

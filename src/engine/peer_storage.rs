@@ -61,6 +61,56 @@ impl PersistedRegion {
         }
     }
 
+    /// The state of a region created on this node by a split: empty log at the initial
+    /// position, like a bootstrapped one, with `region`'s voters and learners. A term and vote
+    /// an uninitialized peer of the region already recorded here (it may have voted before
+    /// this replica applied the split) are kept.
+    pub fn for_split(region: Region, earlier: Option<&RaftLocalState>) -> PersistedRegion {
+        let of_role = |role: crate::proto::metapb::PeerRole| -> Vec<u64> {
+            region
+                .peers
+                .iter()
+                .filter(|p| p.role == role as i32)
+                .map(|p| p.id)
+                .collect()
+        };
+        let conf_state = pb::ConfState {
+            voters: of_role(crate::proto::metapb::PeerRole::Voter),
+            learners: of_role(crate::proto::metapb::PeerRole::Learner),
+            ..Default::default()
+        };
+        let mut persisted = PersistedRegion::bootstrap(region);
+        persisted.region_state.conf_state = Some(conf_state);
+        if let Some(earlier) = earlier.filter(|e| e.term > RAFT_INIT_LOG_TERM) {
+            persisted.raft_state.term = earlier.term;
+            persisted.raft_state.vote = earlier.vote;
+        }
+        persisted
+    }
+
+    /// One region's persisted state, if this node has any (tombstones included).
+    pub fn load(engine: &Engine, region_id: u64) -> Result<Option<PersistedRegion>> {
+        let Some(region_state) = PeerStorage::load_region_state(engine, region_id)? else {
+            return Ok(None);
+        };
+        let raft_state = engine
+            .get_msg(CF_META, &keys::raft_state_key(region_id), "RaftLocalState")?
+            .unwrap_or_default();
+        let apply_state = engine
+            .get_msg(CF_META, &keys::apply_state_key(region_id), "RaftApplyState")?
+            .unwrap_or_default();
+        Ok(Some(PersistedRegion {
+            region_state,
+            raft_state,
+            apply_state,
+        }))
+    }
+
+    /// The raft state an uninitialized peer of `region_id` left here, if any.
+    pub fn load_raft_state(engine: &Engine, region_id: u64) -> Result<Option<RaftLocalState>> {
+        engine.get_msg(CF_META, &keys::raft_state_key(region_id), "RaftLocalState")
+    }
+
     /// Stages all three states into `batch`.
     pub fn write_to(&self, engine: &Engine, batch: &mut WriteBatch) -> Result<()> {
         let id = self.region_id();
@@ -435,16 +485,15 @@ impl PeerStorage {
         let meta = snap.get_metadata();
         let file = SnapshotFile::from_snapshot(snap, &self.snap_dir)?;
         let region = file.meta.region.clone().unwrap_or_default();
-        // An uninitialized peer has no range of its own (and must not delete the whole ring).
-        let old_region = self.is_initialized().then(|| self.region.clone());
-        for r in old_region.iter().chain([&region]) {
-            batch.delete_range(
-                &self.engine,
-                CF_DEFAULT,
-                &keys::data_range_start(r.start_hash),
-                &keys::data_range_end(r.end_hash),
-            )?;
-        }
+        // Only the snapshot's own range is replaced. A region's range only ever shrinks (by
+        // splits), and whatever this replica held beyond the new range belongs to the regions
+        // split off meanwhile: their own peers here (or their snapshots) own that data.
+        batch.delete_range(
+            &self.engine,
+            CF_DEFAULT,
+            &keys::data_range_start(region.start_hash),
+            &keys::data_range_end(region.end_hash),
+        )?;
         let kv_count = file.load_into(&self.engine, batch)?;
         batch.delete_range(
             &self.engine,

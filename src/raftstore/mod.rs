@@ -147,6 +147,7 @@ impl RaftStore {
                 sender: sender.clone(),
                 router: router.clone(),
                 cfg: cfg.clone(),
+                index,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("raft-poller-{}-{index}", cfg.store_id))

@@ -43,6 +43,16 @@ pub enum Command {
         peer: Peer,
         reply: Reply,
     },
+    /// Splits the region at `split_hash` (0: where its data halves) into itself and region
+    /// `new_region_id` with `new_peer_ids` (one per current peer, in order), if it still has
+    /// `epoch`. Answered once proposed.
+    Split {
+        epoch: RegionEpoch,
+        split_hash: u64,
+        new_region_id: u64,
+        new_peer_ids: Vec<u64>,
+        reply: Reply,
+    },
 }
 
 /// The membership changes a peer can be asked to propose, one at a time (a single change
@@ -61,7 +71,8 @@ impl Command {
             Command::Write { reply, .. }
             | Command::Read { reply, .. }
             | Command::ChangePeer { reply, .. }
-            | Command::TransferLeader { reply, .. } => reply,
+            | Command::TransferLeader { reply, .. }
+            | Command::Split { reply, .. } => reply,
         }
     }
 }
@@ -104,6 +115,9 @@ pub struct RegionStatus {
     pub first_index: u64,
     pub last_index: u64,
     pub snapshots_applied: u64,
+    /// Bytes of user data (keys + values) this replica applied since it started: what the
+    /// split check watches to decide when to measure the region again.
+    pub written_bytes: u64,
     /// Peers still catching up (log not matched yet, or behind the compacted log).
     pub pending_peers: Vec<PeerStatus>,
     pub pending_writes: usize,

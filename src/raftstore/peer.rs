@@ -18,11 +18,15 @@ use raft::{ProgressState, RawNode, Ready, SnapshotStatus, StateRole, Storage as 
 
 use super::msg::{self, ChangePeer, Command, PeerStatus, RegionStatus, Reply};
 use super::StoreConfig;
-use crate::engine::{Engine, PeerStorage, Result as EngineResult, WriteBatch, CF_DEFAULT};
+use crate::engine::{
+    Engine, PeerStorage, PersistedRegion, Result as EngineResult, WriteBatch, CF_DEFAULT,
+};
 use crate::keys;
 use crate::proto::kvpb::KvResponse;
 use crate::proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
-use crate::proto::raft_serverpb::{ChangePeerContext, Condition, RaftCmd, RaftMessage, WriteOp};
+use crate::proto::raft_serverpb::{
+    admin_cmd, AdminCmd, ChangePeerContext, Condition, RaftCmd, RaftMessage, SplitCmd, WriteOp,
+};
 use crate::region::{find_peer, find_peer_on_store, region_contains};
 
 /// Upper bound on reads waiting for one peer (beyond it clients get ServerIsBusy).
@@ -82,6 +86,11 @@ pub struct PeerFsm {
     pub removed: bool,
     /// The pending peers last seen (as leader), to notice when one catches up.
     last_pending: Vec<u64>,
+    /// Regions this round's splits created here (persisted in the apply batch), and whether
+    /// their peer here should campaign: the poller starts them once the batch is written.
+    pub split_created: Vec<(u64, bool)>,
+    /// User data bytes applied since start (see `RegionStatus::written_bytes`).
+    written_bytes: u64,
     pending_writes: VecDeque<PendingWrite>,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
@@ -176,6 +185,8 @@ impl PeerFsm {
             region_changed: false,
             removed: false,
             last_pending: Vec::new(),
+            split_created: Vec::new(),
+            written_bytes: 0,
             pending_writes: VecDeque::new(),
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
@@ -317,6 +328,92 @@ impl PeerFsm {
                 let response = self.transfer_leader(epoch, peer);
                 let _ = reply.send(response);
             }
+            Command::Split {
+                epoch,
+                split_hash,
+                new_region_id,
+                new_peer_ids,
+                reply,
+            } => {
+                let response = self.propose_split(epoch, split_hash, new_region_id, new_peer_ids);
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    /// Checks a split against the region as it is now and proposes it as an admin command.
+    fn propose_split(
+        &mut self,
+        epoch: RegionEpoch,
+        split_hash: u64,
+        new_region_id: u64,
+        new_peer_ids: Vec<u64>,
+    ) -> KvResponse {
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        let region_id = self.region_id();
+        if epoch != self.epoch() {
+            return msg::epoch_not_match(
+                format!("region {region_id} changed since the split was planned"),
+                self.region().clone(),
+            );
+        }
+        if self.in_joint_state() {
+            return msg::server_is_busy("the region is changing membership", 100);
+        }
+        let region = self.region().clone();
+        let split_hash = if split_hash != 0 {
+            split_hash
+        } else {
+            match self
+                .engine
+                .region_data_stats(region.start_hash, region.end_hash, true)
+            {
+                Ok(stats) => stats
+                    .middle_hash
+                    .unwrap_or_else(|| range_middle(region.start_hash, region.end_hash)),
+                Err(err) => {
+                    return msg::other_error(format!("measuring region {region_id}: {err}"))
+                }
+            }
+        };
+        if !strictly_inside(&region, split_hash) {
+            return msg::other_error(format!(
+                "region {region_id}: split hash {split_hash:#x} is not strictly inside its range"
+            ));
+        }
+        if new_peer_ids.len() != region.peers.len() || new_region_id == 0 {
+            return msg::other_error(format!(
+                "region {region_id}: a split needs a new region id and {} peer ids, got {}",
+                region.peers.len(),
+                new_peer_ids.len()
+            ));
+        }
+        let cmd = RaftCmd {
+            request_id: 0,
+            region_id,
+            epoch: Some(epoch),
+            admin: Some(AdminCmd {
+                cmd: Some(admin_cmd::Cmd::Split(SplitCmd {
+                    split_hash,
+                    new_region_id,
+                    new_peer_ids,
+                })),
+            }),
+            ..Default::default()
+        };
+        match self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
+            Ok(()) => {
+                tracing::info!(
+                    region = region_id,
+                    split_hash,
+                    new_region = new_region_id,
+                    "split proposed"
+                );
+                msg::done()
+            }
+            Err(err) => msg::server_is_busy(&format!("split dropped: {err}"), 100),
         }
     }
 
@@ -555,6 +652,7 @@ impl PeerFsm {
             epoch: self.region().epoch,
             ops,
             conditions,
+            admin: None,
         };
         if let Err(err) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
             tracing::debug!(region = self.region_id(), %err, "proposal dropped");
@@ -628,6 +726,12 @@ impl PeerFsm {
                 break;
             };
             for read in batch.reads {
+                // A split while the read waited may have moved its key to another region,
+                // whose newer writes this region's read index does not cover.
+                if let Some(err) = self.key_outside_region(&read.key) {
+                    let _ = read.reply.send(err);
+                    continue;
+                }
                 let response = match self.engine.get_user_value(&read.key) {
                     Ok(value) => msg::get_result(value),
                     Err(err) => msg::other_error(format!("read failed: {err}")),
@@ -868,6 +972,9 @@ impl PeerFsm {
                 return Ok(msg::other_error(format!("undecodable command: {err}")));
             }
         };
+        if let Some(admin) = cmd.admin {
+            return self.apply_admin(entry, cmd.epoch.unwrap_or_default(), admin, batch);
+        }
         if let Some(err) = self.check_epoch(cmd.epoch.as_ref()) {
             return Ok(err);
         }
@@ -894,6 +1001,7 @@ impl PeerFsm {
         }
         for op in &cmd.ops {
             let key = keys::data_key(&op.key);
+            self.written_bytes += (op.key.len() + op.value.len()) as u64;
             if op.delete {
                 batch.delete(&self.engine, CF_DEFAULT, &key)?;
                 staged.record(&op.key, None);
@@ -907,6 +1015,112 @@ impl PeerFsm {
         } else {
             Ok(msg::cas_result(true, None))
         }
+    }
+
+    /// Applies an admin command. Every replica decides from the same log and state, so a
+    /// command refused here (stale epoch, bad hash) is refused by every replica alike.
+    fn apply_admin(
+        &mut self,
+        entry: &Entry,
+        epoch: RegionEpoch,
+        admin: AdminCmd,
+        batch: &mut WriteBatch,
+    ) -> EngineResult<KvResponse> {
+        let region_id = self.region_id();
+        let Some(admin_cmd::Cmd::Split(split)) = admin.cmd else {
+            tracing::error!(
+                region = region_id,
+                index = entry.index,
+                "empty admin command skipped"
+            );
+            return Ok(msg::other_error("empty admin command".into()));
+        };
+        let region = self.region().clone();
+        if epoch != self.epoch() {
+            tracing::info!(
+                region = region_id,
+                index = entry.index,
+                "stale split skipped"
+            );
+            return Ok(msg::epoch_not_match(
+                format!("region {region_id} changed before the split applied"),
+                region,
+            ));
+        }
+        if !strictly_inside(&region, split.split_hash)
+            || split.new_peer_ids.len() != region.peers.len()
+        {
+            tracing::error!(
+                region = region_id,
+                index = entry.index,
+                "malformed split skipped"
+            );
+            return Ok(msg::other_error("malformed split".into()));
+        }
+        let mut parent = region.clone();
+        let mut version_epoch = epoch;
+        version_epoch.version += 1;
+        parent.end_hash = split.split_hash;
+        parent.epoch = Some(version_epoch);
+        let new_region = crate::proto::metapb::Region {
+            id: split.new_region_id,
+            start_hash: split.split_hash,
+            end_hash: region.end_hash,
+            epoch: Some(version_epoch),
+            peers: region
+                .peers
+                .iter()
+                .zip(&split.new_peer_ids)
+                .map(|(peer, &id)| Peer { id, ..*peer })
+                .collect(),
+        };
+        let conf_state = self.raw.store().raft_conf_state().clone();
+        self.raw.mut_store().set_region(parent, conf_state, batch)?;
+        self.on_region_changed();
+        // The new region's state goes in this same batch: a crash leaves both or neither.
+        let existing = PersistedRegion::load(&self.engine, new_region.id)?;
+        match existing {
+            Some(state)
+                if state.region_state.state
+                    == crate::proto::raft_serverpb::PeerState::Tombstone as i32 =>
+            {
+                // Its peer here was created (by a faster replica's leader), moved away and
+                // destroyed before this replica applied the split: the range is not ours.
+                batch.delete_range(
+                    &self.engine,
+                    CF_DEFAULT,
+                    &keys::data_range_start(new_region.start_hash),
+                    &keys::data_range_end(new_region.end_hash),
+                )?;
+                tracing::info!(
+                    region = region_id,
+                    new_region = new_region.id,
+                    "split: the new region's peer here was already destroyed"
+                );
+            }
+            Some(_) => {
+                tracing::info!(
+                    region = region_id,
+                    new_region = new_region.id,
+                    "split: the new region is already here (from a snapshot)"
+                );
+            }
+            None => {
+                let earlier = PersistedRegion::load_raft_state(&self.engine, new_region.id)?;
+                PersistedRegion::for_split(new_region.clone(), earlier.as_ref())
+                    .write_to(&self.engine, batch)?;
+                self.split_created.push((new_region.id, self.is_leader()));
+            }
+        }
+        tracing::info!(
+            region = region_id,
+            new_region = new_region.id,
+            split_hash = split.split_hash,
+            version = version_epoch.version,
+            "region split"
+        );
+        metrics::counter!("ringkv_raft_splits_applied_total").increment(1);
+        Ok(msg::done())
     }
 
     /// Applies a membership change on this replica: raft's configuration, the region's peers
@@ -1037,6 +1251,7 @@ impl PeerFsm {
             first_index: store.first_index().unwrap_or(0),
             last_index: store.last_log_index(),
             snapshots_applied: self.snapshots_applied,
+            written_bytes: self.written_bytes,
             pending_peers: self
                 .pending_peer_ids()
                 .into_iter()
@@ -1052,6 +1267,22 @@ impl PeerFsm {
                 + self.new_reads.len(),
         }
     }
+}
+
+/// Whether `hash` is inside the region's range and not its start (a split there would leave
+/// an empty half).
+fn strictly_inside(region: &Region, hash: u64) -> bool {
+    hash > region.start_hash && region_contains(region, hash)
+}
+
+/// The middle of a hash range (`end` 0 = end of the ring).
+fn range_middle(start: u64, end: u64) -> u64 {
+    let width = if end == 0 {
+        (u64::MAX - start) / 2 + 1
+    } else {
+        (end - start) / 2
+    };
+    start + width.max(1)
 }
 
 fn peer_status(peer: &Peer) -> PeerStatus {

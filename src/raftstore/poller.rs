@@ -27,8 +27,9 @@ use super::msg::PeerMsg;
 use super::peer::PeerFsm;
 use super::router::{PollerMsg, Router};
 use super::{RaftSender, StoreConfig};
-use crate::engine::{Engine, EngineError, PeerStorage};
-use crate::proto::raft_serverpb::{PeerState, RaftMessage};
+use crate::engine::{Engine, EngineError, PeerStorage, PersistedRegion};
+use crate::proto::raft_serverpb::{PeerState, RaftMessage, SnapshotMeta};
+use prost::Message as _;
 
 /// Bound on mailbox messages handled before the round's Ready processing.
 const MAX_MESSAGES_PER_ROUND: usize = 4096;
@@ -40,6 +41,8 @@ pub struct Poller {
     pub sender: Arc<dyn RaftSender>,
     pub router: Arc<Router>,
     pub cfg: StoreConfig,
+    /// This poller's position among the store's pollers (see `Router::poller_of`).
+    pub index: usize,
 }
 
 impl Poller {
@@ -59,6 +62,10 @@ impl Poller {
                         crash_stop(self.cfg.store_id, &err)
                     }
                 }
+                Ok(PollerMsg::Adopt {
+                    region_id,
+                    campaign,
+                }) => self.adopt_or_stop(region_id, campaign, &mut touched),
                 Ok(PollerMsg::Shutdown) => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -70,6 +77,10 @@ impl Poller {
                             crash_stop(self.cfg.store_id, &err)
                         }
                     }
+                    Ok(PollerMsg::Adopt {
+                        region_id,
+                        campaign,
+                    }) => self.adopt_or_stop(region_id, campaign, &mut touched),
                     Ok(PollerMsg::Shutdown) => return,
                     Err(_) => break,
                 }
@@ -86,6 +97,59 @@ impl Poller {
                 Err(err) => crash_stop(self.cfg.store_id, &err),
             }
         }
+    }
+
+    fn adopt_or_stop(&mut self, region_id: u64, campaign: bool, touched: &mut HashSet<u64>) {
+        if let Err(err) = self.adopt(region_id, campaign, touched) {
+            crash_stop(self.cfg.store_id, &err)
+        }
+    }
+
+    /// Starts the peer of a region a split created here (its state is already on disk),
+    /// replacing an uninitialized peer created for it by a faster replica's messages.
+    fn adopt(
+        &mut self,
+        region_id: u64,
+        campaign: bool,
+        touched: &mut HashSet<u64>,
+    ) -> Result<(), EngineError> {
+        if let Some(existing) = self.peers.get(&region_id) {
+            if existing.is_initialized() {
+                return Ok(()); // already here whole (a snapshot got here first)
+            }
+            self.peers.remove(&region_id);
+        }
+        let Some(persisted) = PersistedRegion::load(&self.engine, region_id)? else {
+            tracing::error!(region = region_id, "split region to adopt is not on disk");
+            return Ok(());
+        };
+        if persisted.region_state.state == PeerState::Tombstone as i32 {
+            return Ok(());
+        }
+        let storage = PeerStorage::new(
+            self.engine.clone(),
+            self.cfg.store_id,
+            self.cfg.snap_dir.clone(),
+            persisted,
+        );
+        let mut fsm = match PeerFsm::new(storage, self.engine.clone(), &self.cfg) {
+            Ok(fsm) => fsm,
+            Err(err) => {
+                tracing::error!(region = region_id, %err, "cannot start the split region's peer");
+                return Ok(());
+            }
+        };
+        if campaign {
+            // The parent's leader was here: the new region elects at once, not after an
+            // election timeout.
+            if let Err(err) = fsm.raw.campaign() {
+                tracing::debug!(region = region_id, %err, "campaign");
+            }
+        }
+        self.router.update_region(fsm.region().clone());
+        self.peers.insert(region_id, fsm);
+        touched.insert(region_id);
+        Ok(())
     }
 
     fn tick_interval(&self) -> Duration {
@@ -161,6 +225,19 @@ impl Poller {
                     self.sender.send(reply);
                     return Ok(());
                 }
+                if let Some(other) = self.snapshot_overlaps_local_region(region_id, &message) {
+                    // E.g. the new region of a split this store has not applied yet: the
+                    // parent still owns that range here. Raft sends the snapshot again.
+                    tracing::info!(
+                        region = region_id,
+                        overlaps = other,
+                        "snapshot overlapping a local region dropped"
+                    );
+                    return Ok(());
+                }
+                let Some(peer) = self.peers.get_mut(&region_id) else {
+                    return Ok(());
+                };
                 peer.step(message);
                 touched.insert(region_id);
                 return Ok(());
@@ -213,6 +290,21 @@ impl Poller {
         self.peers.insert(region_id, fsm);
         touched.insert(region_id);
         Ok(())
+    }
+
+    /// For a raft snapshot message: another initialized local region whose range overlaps the
+    /// snapshot's (applying it would overwrite that region's data).
+    fn snapshot_overlaps_local_region(&self, region_id: u64, message: &RaftMessage) -> Option<u64> {
+        let raft_msg = RaftMsg::parse_from_bytes(&message.message).ok()?;
+        if raft_msg.get_msg_type() != MessageType::MsgSnapshot {
+            return None;
+        }
+        let meta = SnapshotMeta::decode(raft_msg.get_snapshot().get_data()).ok()?;
+        let region = meta.region?;
+        self.router
+            .overlapping(region_id, region.start_hash, region.end_hash)
+            .first()
+            .map(|r| r.id)
     }
 
     /// Destroys a local peer (synced, one batch) and forgets it.
@@ -303,11 +395,13 @@ impl Poller {
 
         let mut gc_batch = self.engine.batch();
         let mut removed = Vec::new();
+        let mut split_created = Vec::new();
         for region_id in advanced {
             if let Some(peer) = self.peers.get_mut(&region_id) {
                 if std::mem::take(&mut peer.region_changed) {
                     self.router.update_region(peer.region().clone());
                 }
+                split_created.append(&mut peer.split_created);
                 if peer.removed {
                     removed.push(region_id);
                     continue;
@@ -323,6 +417,15 @@ impl Poller {
         self.engine.write(gc_batch, false)?;
         for region_id in removed {
             self.destroy_peer(region_id, "removed from the region")?;
+        }
+        for (region_id, campaign) in split_created {
+            if self.router.poller_of(region_id) == self.index {
+                let mut created = HashSet::new();
+                self.adopt(region_id, campaign, &mut created)?;
+                again.extend(created);
+            } else {
+                self.router.adopt(region_id, campaign);
+            }
         }
         Ok(again)
     }

@@ -21,6 +21,12 @@ use crate::region::region_contains;
 /// What a poller's mailbox carries.
 pub enum PollerMsg {
     Peer(u64, PeerMsg),
+    /// A region created here by a split (already persisted): load and start its peer,
+    /// campaigning at once when the parent's peer here was the leader.
+    Adopt {
+        region_id: u64,
+        campaign: bool,
+    },
     Shutdown,
 }
 
@@ -155,6 +161,16 @@ impl Router {
             Err(TrySendError::Disconnected(PollerMsg::Peer(_, msg))) => Err(SendError::Closed(msg)),
             Err(_) => unreachable!("only peer messages are sent here"),
         }
+    }
+
+    /// Hands a region a split just created here to the poller that owns it.
+    pub fn adopt(&self, region_id: u64, campaign: bool) {
+        let mailbox = &self.mailboxes[self.poller_of(region_id)];
+        // Blocking: losing it would leave the region without a peer until restart.
+        let _ = mailbox.send(PollerMsg::Adopt {
+            region_id,
+            campaign,
+        });
     }
 
     /// Asks every poller to stop after its current round.
