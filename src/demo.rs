@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::server::{Limits, Membership, Node, NodeConfig};
+use crate::server::{Limits, Membership, Node, NodeConfig, DEFAULT_REGION_SPLIT_SIZE};
 use crate::transport::tls;
 
 pub struct DemoConfig {
@@ -56,6 +56,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             heartbeat_ticks: 2,
             raft_log_gc_threshold: 1024,
             pollers: 1,
+            region_split_size: DEFAULT_REGION_SPLIT_SIZE,
             limits: Limits::default(),
             request_timeout: Duration::from_secs(5),
         };

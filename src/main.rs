@@ -60,6 +60,16 @@ struct PlacementArgs {
     /// Operators in flight at once, cluster-wide (0 stops replica scheduling).
     #[arg(long, default_value_t = 16)]
     replica_schedule_limit: u32,
+    /// Turn off the balance schedulers (replica and leader counts per store); replicas are
+    /// still repaired and admin requests still carried out.
+    #[arg(long)]
+    disable_balance: bool,
+    /// Leader transfers the leader balancer keeps in flight at most.
+    #[arg(long, default_value_t = 4)]
+    leader_schedule_limit: u32,
+    /// Region moves the replica balancer keeps in flight at most.
+    #[arg(long, default_value_t = 4)]
+    region_schedule_limit: u32,
 }
 
 #[derive(Args)]
@@ -121,6 +131,10 @@ struct NodeArgs {
     /// Raft poller threads.
     #[arg(long, default_value_t = 1)]
     pollers: usize,
+    /// With --placement: split a region this node leads once its data exceeds this many
+    /// bytes (where the data halves); 0 = never split automatically.
+    #[arg(long, default_value_t = ringkv::server::DEFAULT_REGION_SPLIT_SIZE)]
+    region_split_size_bytes: u64,
     /// Largest accepted key.
     #[arg(long, default_value_t = 4096)]
     max_key_bytes: usize,
@@ -212,6 +226,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         heartbeat_ticks: args.heartbeat_ticks.max(1),
         raft_log_gc_threshold: args.raft_log_gc_threshold.max(1),
         pollers: args.pollers.max(1),
+        region_split_size: args.region_split_size_bytes,
         limits: Limits {
             max_key_bytes: args.max_key_bytes,
             max_value_bytes: args.max_value_bytes,
@@ -238,6 +253,9 @@ async fn run_placement(args: PlacementArgs) -> Result<(), Box<dyn std::error::Er
                 max_store_down_time: Duration::from_secs(args.max_store_down_time_secs),
                 operator_timeout: Duration::from_secs(args.operator_timeout_secs.max(1)),
                 replica_schedule_limit: args.replica_schedule_limit,
+                balance: !args.disable_balance,
+                leader_schedule_limit: args.leader_schedule_limit,
+                region_schedule_limit: args.region_schedule_limit,
             },
         },
         ringkv::server::metrics_handle(),

@@ -6,8 +6,14 @@
 //! kvctl regions                every region in ring order: range, epoch, peers, leader
 //! kvctl region ID              one region
 //! kvctl operators              operators placement is carrying out (add/promote/remove peer,
-//!                              transfer leader), with their age and reason
+//!                              transfer leader, split, move), with their age and reason
+//! kvctl split REGION [--at HASH]                      split where the data halves, or at HASH
+//! kvctl transfer-leader REGION --to STORE
+//! kvctl move-region REGION --from STORE --to STORE    learner on STORE, snapshot, promote, remove
+//! kvctl remove-store STORE                            drain a store, then tombstone it
 //! ```
+//! The last four return once placement accepted the request; with `--wait` they follow it to
+//! the end (printing progress), failing after `--timeout-secs`.
 //! Human tables by default; `--json` for scripts. Failures exit non-zero with a message.
 
 use std::process::ExitCode;
@@ -18,7 +24,9 @@ use ringkv::proto::metapb::PeerRole;
 use ringkv::proto::placementpb::placement_client::PlacementClient;
 use ringkv::proto::placementpb::{
     get_region_request, GetAllStoresRequest, GetClusterInfoRequest, GetOperatorsRequest,
-    GetRegionRequest, RegionWithLeader, RequestHeader, ScanRegionsRequest, StoreInfo, StoreState,
+    GetRegionRequest, GetStoreRequest, MoveRegionRequest, RegionWithLeader, RemoveStoreRequest,
+    RequestHeader, ScanRegionsRequest, SplitRegionRequest, StoreInfo, StoreState,
+    TransferLeaderRequest,
 };
 use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
@@ -57,6 +65,59 @@ enum Command {
     },
     /// List the operators placement is carrying out, with their age and reason.
     Operators,
+    /// Split a region in two: where its data halves, or at a given ring position.
+    Split {
+        region: u64,
+        /// Ring position (decimal or 0x-hex) strictly inside the region's range.
+        #[arg(long, value_parser = parse_hash)]
+        at: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Make the region's voter on STORE its leader.
+    TransferLeader {
+        region: u64,
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Move the region's replica from one store to another (add a learner there, catch it up
+    /// by snapshot, promote it, remove the old replica).
+    MoveRegion {
+        region: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Decommission a store: move every replica off it, then mark it tombstone (the node can
+    /// then be stopped without loss).
+    RemoveStore {
+        store: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct WaitArgs {
+    /// Follow the operation to its end, printing progress.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up (non-zero exit) after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+fn parse_hash(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a ring position (decimal or 0x-hex): {e}"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +126,8 @@ enum CliError {
     Unreachable { addr: String, message: String },
     #[error("{0}")]
     Refused(String),
+    #[error("gave up after {secs} s: {what}")]
+    TimedOut { secs: u64, what: String },
 }
 
 async fn connect(addr: &str) -> Result<(PlacementClient<Channel>, u64), CliError> {
@@ -113,6 +176,7 @@ fn state_name(state: i32) -> &'static str {
         Ok(StoreState::Up) => "up",
         Ok(StoreState::Down) => "down",
         Ok(StoreState::Tombstone) => "tombstone",
+        Ok(StoreState::Offline) => "offline",
         Err(_) => "unknown",
     }
 }
@@ -356,8 +420,230 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .collect();
             print_table(&["REGION", "KIND", "AGE", "DETAIL"], &rows);
         }
+        Command::Split { region, at, wait } => {
+            let before = get_region(&mut client, header, region).await?;
+            let version = region_version(&before);
+            client
+                .split_region(SplitRegionRequest {
+                    header,
+                    region_id: region,
+                    split_hash: at.unwrap_or(0),
+                })
+                .await
+                .map_err(refused)?;
+            accepted(cli.json, &format!("split of region {region}"), wait);
+            if wait.wait {
+                // Done once placement shows both halves: the region with its new version,
+                // and the new region (reported by its own leader) where the range now ends.
+                let both = follow(wait, "the split", async || {
+                    let now = get_region(&mut client, header, region).await?;
+                    if region_version(&now) <= version {
+                        return Ok(None);
+                    }
+                    let end = now.region.as_ref().map_or(0, |r| r.end_hash);
+                    let sibling = client
+                        .get_region(GetRegionRequest {
+                            header,
+                            by: Some(get_region_request::By::Hash(end)),
+                        })
+                        .await
+                        .ok()
+                        .and_then(|r| r.into_inner().region)
+                        .filter(|r| r.region.as_ref().is_some_and(|r| r.id != region));
+                    Ok(sibling.map(|sibling| vec![now, sibling]))
+                })
+                .await?;
+                print_regions(cli.json, cluster_id, &both);
+            }
+        }
+        Command::TransferLeader { region, to, wait } => {
+            client
+                .transfer_leader(TransferLeaderRequest {
+                    header,
+                    region_id: region,
+                    to_store_id: to,
+                })
+                .await
+                .map_err(refused)?;
+            accepted(
+                cli.json,
+                &format!("leader transfer of region {region} to store {to}"),
+                wait,
+            );
+            if wait.wait {
+                let after = follow(wait, "the leader transfer", async || {
+                    let now = get_region(&mut client, header, region).await?;
+                    Ok((now.leader.map(|l| l.store_id) == Some(to)).then_some(now))
+                })
+                .await?;
+                print_regions(cli.json, cluster_id, &[after]);
+            }
+        }
+        Command::MoveRegion {
+            region,
+            from,
+            to,
+            wait,
+        } => {
+            client
+                .move_region(MoveRegionRequest {
+                    header,
+                    region_id: region,
+                    from_store_id: from,
+                    to_store_id: to,
+                })
+                .await
+                .map_err(refused)?;
+            accepted(
+                cli.json,
+                &format!("move of region {region} from store {from} to store {to}"),
+                wait,
+            );
+            if wait.wait {
+                let mut last_shown = String::new();
+                let after = follow(wait, "the move", async || {
+                    let now = get_region(&mut client, header, region).await?;
+                    let peers = now.region.clone().unwrap_or_default().peers;
+                    let shown = region_row(&now)[4].clone();
+                    if shown != last_shown && !cli.json {
+                        eprintln!("  region {region}: peers {shown}");
+                        last_shown = shown;
+                    }
+                    let on_to = peers
+                        .iter()
+                        .any(|p| p.store_id == to && p.role == PeerRole::Voter as i32);
+                    let on_from = peers.iter().any(|p| p.store_id == from);
+                    Ok((on_to && !on_from).then_some(now))
+                })
+                .await?;
+                print_regions(cli.json, cluster_id, &[after]);
+            }
+        }
+        Command::RemoveStore { store, wait } => {
+            client
+                .remove_store(RemoveStoreRequest {
+                    header,
+                    store_id: store,
+                })
+                .await
+                .map_err(refused)?;
+            accepted(cli.json, &format!("removal of store {store}"), wait);
+            if wait.wait {
+                let mut last_count = u64::MAX;
+                follow(wait, "the store's drain", async || {
+                    let info = client
+                        .get_store(GetStoreRequest {
+                            header,
+                            store_id: store,
+                        })
+                        .await
+                        .map_err(refused)?
+                        .into_inner()
+                        .store
+                        .unwrap_or_default();
+                    let regions = client
+                        .scan_regions(ScanRegionsRequest {
+                            header,
+                            start_hash: 0,
+                            limit: 0,
+                        })
+                        .await
+                        .map_err(refused)?
+                        .into_inner()
+                        .regions;
+                    let left = regions
+                        .iter()
+                        .filter_map(|r| r.region.as_ref())
+                        .filter(|r| r.peers.iter().any(|p| p.store_id == store))
+                        .count() as u64;
+                    if left != last_count && !cli.json {
+                        eprintln!(
+                            "  store {store}: {left} replica(s) left, state {}",
+                            state_name(info.state)
+                        );
+                        last_count = left;
+                    }
+                    Ok((info.state == StoreState::Tombstone as i32).then_some(()))
+                })
+                .await?;
+                if cli.json {
+                    println!("{}", json!({ "store_id": store, "state": "tombstone" }));
+                } else {
+                    println!("store {store} is drained and tombstoned; its node can be stopped");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn region_version(region: &RegionWithLeader) -> u64 {
+    region
+        .region
+        .as_ref()
+        .and_then(|r| r.epoch)
+        .map_or(0, |e| e.version)
+}
+
+async fn get_region(
+    client: &mut PlacementClient<Channel>,
+    header: Option<RequestHeader>,
+    region_id: u64,
+) -> Result<RegionWithLeader, CliError> {
+    client
+        .get_region(GetRegionRequest {
+            header,
+            by: Some(get_region_request::By::RegionId(region_id)),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .region
+        .ok_or_else(|| CliError::Refused(format!("placement returned no region {region_id}")))
+}
+
+fn accepted(json: bool, what: &str, wait: WaitArgs) {
+    if json && wait.wait {
+        return; // the final JSON follows
+    }
+    if json {
+        println!("{}", json!({ "accepted": what }));
+    } else if wait.wait {
+        eprintln!("{what}: accepted, waiting...");
+    } else {
+        println!("{what}: accepted (follow it with kvctl operators, or pass --wait)");
+    }
+}
+
+fn print_regions(json: bool, cluster_id: u64, regions: &[RegionWithLeader]) {
+    if json {
+        let list: Vec<Value> = regions.iter().map(region_json).collect();
+        println!("{}", json!({ "cluster_id": cluster_id, "regions": list }));
+    } else {
+        let rows: Vec<Vec<String>> = regions.iter().map(region_row).collect();
+        print_table(&REGION_HEADER, &rows);
+    }
+}
+
+/// Polls `check` until it yields a value or `wait.timeout_secs` pass.
+async fn follow<T>(
+    wait: WaitArgs,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<Option<T>, CliError>,
+) -> Result<T, CliError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.timeout_secs);
+    loop {
+        if let Some(done) = check().await? {
+            return Ok(done);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::TimedOut {
+                secs: wait.timeout_secs,
+                what: format!("{what} did not finish"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn main() -> ExitCode {

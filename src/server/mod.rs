@@ -40,10 +40,16 @@ pub enum Membership {
     },
 }
 
+/// Default size past which a region is split (TiKV's default too).
+pub const DEFAULT_REGION_SPLIT_SIZE: u64 = 96 * 1024 * 1024;
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub membership: Membership,
+    /// A region this node leads is split (placement mode) once its data exceeds this many
+    /// bytes; 0 turns automatic splitting off.
+    pub region_split_size: u64,
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub initial_regions: u64,
@@ -271,6 +277,8 @@ impl Node {
                     locator,
                     engine: engine.clone(),
                     data_dir: cfg.data_dir.clone(),
+                    split_size: cfg.region_split_size,
+                    measured: Default::default(),
                 };
                 Some(tokio::spawn(heartbeats.run(*heartbeat_interval)))
             }

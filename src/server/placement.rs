@@ -4,22 +4,23 @@
 //! KV traffic never waits on placement: after the join, everything here runs in a background
 //! task that logs and retries while placement is away and resumes when it is back.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
 use super::http::collect_region_status;
 use super::kv::KvService;
 use super::NodeError;
-use crate::engine::Engine;
+use crate::engine::{Engine, RegionDataStats};
 use crate::proto::kvpb::kv_response;
 use crate::proto::metapb::{Peer, Region, RegionEpoch, Store};
 use crate::proto::placementpb::placement_client::PlacementClient;
 use crate::proto::placementpb::{
-    AllocIdRequest, BootstrapRequest, ChangePeerType, GetAllStoresRequest, GetClusterInfoRequest,
-    PutStoreRequest, RegionHeartbeatRequest, RegionHeartbeatResponse, RequestHeader,
-    ScanRegionsRequest, StoreHeartbeatRequest, StoreStats,
+    AllocIdRequest, AskSplitRequest, BootstrapRequest, ChangePeerType, GetAllStoresRequest,
+    GetClusterInfoRequest, PutStoreRequest, RegionHeartbeatRequest, RegionHeartbeatResponse,
+    RegionStats, RequestHeader, ScanRegionsRequest, StoreHeartbeatRequest, StoreStats,
 };
 use crate::raftstore::{self, ChangePeer, Command, PeerMsg};
 use crate::region::split_ring_evenly;
@@ -334,7 +335,29 @@ pub struct Heartbeats {
     pub engine: Engine,
     /// Where the data lives: its file system's capacity is reported.
     pub data_dir: std::path::PathBuf,
+    /// Split a led region past this many bytes of data (0: never on our own).
+    pub split_size: u64,
+    /// The last measurement of each led region's data (the split check).
+    pub measured: parking_lot::Mutex<HashMap<u64, Measured>>,
 }
+
+/// One region's data as last measured, and what was applied there since.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Measured {
+    /// The region's `written_bytes` when measured.
+    written_at: u64,
+    version: u64,
+    stats: RegionDataStats,
+    /// When this node last asked to split the region (at `version`).
+    split_asked: Option<Instant>,
+}
+
+/// A region is measured again once this share of the split size was written since.
+const REMEASURE_FRACTION: u64 = 8;
+/// Without automatic splits, regions are measured again after this many bytes written.
+const REMEASURE_BYTES_NO_SPLIT: u64 = 8 * 1024 * 1024;
+/// A split asked for and not seen applied is asked for again after this long.
+const SPLIT_RETRY: Duration = Duration::from_secs(30);
 
 impl Heartbeats {
     /// Heartbeats every `interval` until the task is dropped: the store's (disk capacity and
@@ -419,12 +442,17 @@ impl Heartbeats {
                 .iter()
                 .filter_map(|p| region.peers.iter().find(|r| r.id == p.id).copied())
                 .collect();
+            let stats = self.measure(&region, status.written_bytes).await;
             let request = RegionHeartbeatRequest {
                 header: link.header(),
                 region: Some(region.clone()),
                 leader,
                 term: status.term,
-                stats: None,
+                stats: Some(RegionStats {
+                    approximate_size_bytes: stats.size_bytes,
+                    approximate_keys: stats.keys,
+                    ..Default::default()
+                }),
                 pending_peers,
             };
             match client.region_heartbeat(request).await {
@@ -437,6 +465,124 @@ impl Heartbeats {
             }
         }
         Ok(())
+    }
+
+    /// The region's data size and key count: measured again (off the async threads) when it
+    /// changed shape or enough was written since the last time, estimated otherwise. A region
+    /// past the split size is split where its data halves, with ids asked from placement.
+    async fn measure(&self, region: &Region, written_bytes: u64) -> RegionDataStats {
+        let version = region.epoch.unwrap_or_default().version;
+        let remeasure_after = if self.split_size > 0 {
+            (self.split_size / REMEASURE_FRACTION).max(1)
+        } else {
+            REMEASURE_BYTES_NO_SPLIT
+        };
+        let last = self.measured.lock().get(&region.id).copied();
+        let split_due = |m: &Measured, size: u64| {
+            self.split_size > 0
+                && size > self.split_size
+                && m.split_asked
+                    .is_none_or(|asked| asked.elapsed() >= SPLIT_RETRY)
+        };
+        let fresh = match last {
+            Some(m)
+                if m.version == version
+                && written_bytes.saturating_sub(m.written_at) < remeasure_after
+                // An estimate past the split size is checked by measuring.
+                && !split_due(&m, m.stats.size_bytes + written_bytes.saturating_sub(m.written_at)) =>
+            {
+                let mut estimate = m.stats;
+                estimate.size_bytes += written_bytes.saturating_sub(m.written_at);
+                return estimate;
+            }
+            _ => {
+                let engine = self.engine.clone();
+                let (start, end) = (region.start_hash, region.end_hash);
+                match tokio::task::spawn_blocking(move || {
+                    engine.region_data_stats(start, end, false)
+                })
+                .await
+                {
+                    Ok(Ok(stats)) => stats,
+                    Ok(Err(error)) => {
+                        tracing::warn!(region = region.id, %error, "measuring region data failed");
+                        return last.map(|m| m.stats).unwrap_or_default();
+                    }
+                    Err(_) => return last.map(|m| m.stats).unwrap_or_default(),
+                }
+            }
+        };
+        let mut measured = Measured {
+            written_at: written_bytes,
+            version,
+            stats: fresh,
+            split_asked: last
+                .filter(|m| m.version == version)
+                .and_then(|m| m.split_asked),
+        };
+        if fresh.keys >= 2 && split_due(&measured, fresh.size_bytes) {
+            measured.split_asked = Some(Instant::now());
+            self.split_on_our_own(region, fresh.size_bytes).await;
+        }
+        self.measured.lock().insert(region.id, measured);
+        fresh
+    }
+
+    async fn split_on_our_own(&self, region: &Region, size: u64) {
+        let mut client = self.link.client.clone();
+        let ids = match client
+            .ask_split(AskSplitRequest {
+                header: self.link.header(),
+                region: Some(region.clone()),
+            })
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::info!(region = region.id, error = %status.message(), "placement refused split ids");
+                return;
+            }
+        };
+        tracing::info!(
+            region = region.id,
+            size_bytes = size,
+            split_size = self.split_size,
+            "region past the split size; splitting"
+        );
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let command = Command::Split {
+            epoch: region.epoch.unwrap_or_default(),
+            split_hash: 0,
+            new_region_id: ids.new_region_id,
+            new_peer_ids: ids.new_peer_ids,
+            reply,
+        };
+        self.send_to_region(region, command, rx).await;
+    }
+
+    async fn send_to_region(
+        &self,
+        region: &Region,
+        command: Command,
+        reply_rx: tokio::sync::oneshot::Receiver<crate::proto::kvpb::KvResponse>,
+    ) {
+        if self
+            .kv
+            .router()
+            .send(region.id, PeerMsg::Command(command))
+            .is_err()
+        {
+            return;
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, reply_rx).await {
+            Ok(Ok(answer)) => match answer.result {
+                Some(kv_response::Result::Done(_)) => {}
+                other => {
+                    tracing::info!(region = region.id, answer = ?other, "operator step not taken now")
+                }
+            },
+            _ => tracing::debug!(region = region.id, "operator step unanswered"),
+        }
     }
 
     /// Tells the transport where every other store is.
@@ -472,58 +618,47 @@ impl Heartbeats {
     /// placement follows the outcome through later heartbeats.
     async fn execute(&self, region: &Region, response: RegionHeartbeatResponse) {
         let epoch = response.region_epoch.unwrap_or_default();
-        let (command, reply_rx) = {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            let command = match (response.change_peer, response.transfer_leader) {
-                (Some(change), _) => {
-                    let Some(peer) = change.peer else { return };
-                    let change = match ChangePeerType::try_from(change.change_type) {
-                        Ok(ChangePeerType::AddLearner) => ChangePeer::AddLearner,
-                        Ok(ChangePeerType::PromoteLearner) => ChangePeer::PromoteLearner,
-                        Ok(ChangePeerType::RemovePeer) => ChangePeer::RemovePeer,
-                        Err(_) => {
-                            tracing::warn!(
-                                region = region.id,
-                                "unknown change type from placement"
-                            );
-                            return;
-                        }
-                    };
-                    Command::ChangePeer {
-                        epoch,
-                        change,
-                        peer,
-                        reply,
-                    }
-                }
-                (None, Some(transfer)) => {
-                    let Some(peer) = transfer.peer else { return };
-                    Command::TransferLeader { epoch, peer, reply }
-                }
-                (None, None) => return,
-            };
-            (command, rx)
-        };
         if response.region_id != region.id || region.epoch != Some(epoch) {
-            tracing::debug!(region = region.id, "operator for another epoch ignored");
+            if response.change_peer.is_some()
+                || response.transfer_leader.is_some()
+                || response.split.is_some()
+            {
+                tracing::debug!(region = region.id, "operator for another epoch ignored");
+            }
             return;
         }
-        if self
-            .kv
-            .router()
-            .send(region.id, PeerMsg::Command(command))
-            .is_err()
-        {
-            return;
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, reply_rx).await {
-            Ok(Ok(answer)) => match answer.result {
-                Some(kv_response::Result::Done(_)) => {}
-                other => {
-                    tracing::info!(region = region.id, answer = ?other, "operator step not taken now")
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let command = if let Some(change) = response.change_peer {
+            let Some(peer) = change.peer else { return };
+            let change = match ChangePeerType::try_from(change.change_type) {
+                Ok(ChangePeerType::AddLearner) => ChangePeer::AddLearner,
+                Ok(ChangePeerType::PromoteLearner) => ChangePeer::PromoteLearner,
+                Ok(ChangePeerType::RemovePeer) => ChangePeer::RemovePeer,
+                Err(_) => {
+                    tracing::warn!(region = region.id, "unknown change type from placement");
+                    return;
                 }
-            },
-            _ => tracing::debug!(region = region.id, "operator step unanswered"),
-        }
+            };
+            Command::ChangePeer {
+                epoch,
+                change,
+                peer,
+                reply,
+            }
+        } else if let Some(transfer) = response.transfer_leader {
+            let Some(peer) = transfer.peer else { return };
+            Command::TransferLeader { epoch, peer, reply }
+        } else if let Some(split) = response.split {
+            Command::Split {
+                epoch,
+                split_hash: split.split_hash,
+                new_region_id: split.new_region_id,
+                new_peer_ids: split.new_peer_ids,
+                reply,
+            }
+        } else {
+            return;
+        };
+        self.send_to_region(region, command, rx).await;
     }
 }

@@ -10,6 +10,7 @@
 //! keeps the temp dir if `RINGKV_KEEP_TEST_DIRS` is set; `=always` keeps it after a pass too).
 #![allow(dead_code)] // not every test binary uses every helper
 
+pub mod placement;
 pub mod relay;
 
 use std::collections::BTreeMap;
@@ -145,6 +146,8 @@ pub struct ClusterOptions {
     pub placement: bool,
     /// Extra flags for the placement process (e.g. `--max-store-down-time-secs 5`).
     pub placement_args: Vec<String>,
+    /// Extra flags for every node process (placement mode).
+    pub node_args: Vec<String>,
     /// How many nodes `Cluster::start` starts (the rest with [`Cluster::restart`]); all if
     /// `None`.
     pub initial_nodes: Option<usize>,
@@ -910,6 +913,7 @@ impl Cluster {
             args.push("--initial-regions".to_owned());
             args.push(regions.to_string());
         }
+        args.extend(self.opts.node_args.iter().cloned());
         args
     }
 
