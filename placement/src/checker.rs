@@ -535,12 +535,17 @@ mod tests {
         let answer = cluster.report(&other, other.peers[0], &[], at);
         expect_nothing(&answer, "the one operator slot is taken");
 
-        // The learner shows up (still catching up): the operator is done, the slot free.
+        // The learner shows up but is still catching up: the operator keeps its slot (the
+        // limit bounds the snapshots streaming at once) until the learner caught up.
         let grown = TestCluster::reshape(&region, 2, vec![region.peers[0], new]);
         let answer = cluster.report(&grown, region.peers[0], &[new], at + secs(1));
         expect_nothing(&answer, "the learner is still catching up");
         let answer = cluster.report(&other, other.peers[0], &[], at + secs(1));
-        expect_change(&answer, ChangePeerType::AddLearner);
+        expect_nothing(&answer, "the slot is taken while the learner catches up");
+        let answer = cluster.report(&grown, region.peers[0], &[], at + secs(2));
+        expect_change(&answer, ChangePeerType::PromoteLearner);
+        let answer = cluster.report(&other, other.peers[0], &[], at + secs(2));
+        expect_nothing(&answer, "the promotion took the slot");
     }
 
     #[test]

@@ -16,10 +16,11 @@
 use std::time::Instant;
 
 use ringkv_proto::metapb::{Peer, PeerRole, Region};
-use ringkv_proto::placementpb::OperatorInfo;
+use ringkv_proto::placementpb::{OperatorInfo, SnapshotProgress};
 
 use crate::checker::{remove_voter, voters, ClusterView, Decision};
 use crate::operator::{is_joint, Origin, Step};
+use crate::units::show_bytes;
 
 /// The kind name of goals in metrics and `GetOperators`.
 pub const MOVE_REGION_KIND: &str = "move-region";
@@ -54,7 +55,10 @@ impl MoveGoal {
         }
     }
 
-    pub fn info(&self, now: Instant) -> OperatorInfo {
+    /// For `GetOperators`; `learner_note`, when its learner on `to_store` is catching up,
+    /// says how far (it is newer than `progress`, which changes only when the goal is
+    /// looked at).
+    pub fn info(&self, now: Instant, learner_note: Option<String>) -> OperatorInfo {
         OperatorInfo {
             region_id: self.region_id,
             kind: MOVE_REGION_KIND.to_owned(),
@@ -62,7 +66,7 @@ impl MoveGoal {
                 "from store {} to store {}: {} ({})",
                 self.from_store,
                 self.to_store,
-                self.progress,
+                learner_note.as_deref().unwrap_or(&self.progress),
                 self.origin.name()
             ),
             age_ms: now.saturating_duration_since(self.created).as_millis() as u64,
@@ -117,10 +121,7 @@ pub fn check_move(
     };
     if on_to.role == PeerRole::Learner as i32 {
         if pending.iter().any(|p| p.id == on_to.id) {
-            return GoalCheck::Wait(format!(
-                "learner {} on store {} is catching up",
-                on_to.id, on_to.store_id
-            ));
+            return GoalCheck::Wait(describe_catch_up(on_to, None));
         }
         return next(Step::PromoteLearner(*on_to));
     }
@@ -156,13 +157,32 @@ pub fn check_move(
     }
 }
 
+/// What `learner` does while it catches up: receives `snapshot`, or (without one) replays
+/// the log it is behind on.
+pub fn describe_catch_up(learner: &Peer, snapshot: Option<&SnapshotProgress>) -> String {
+    let who = format!("learner {} on store {}", learner.id, learner.store_id);
+    match snapshot {
+        None => format!("{who} is catching up"),
+        Some(snapshot) if snapshot.total_bytes == 0 => format!(
+            "{who} receiving snapshot: {} sent",
+            show_bytes(snapshot.sent_bytes)
+        ),
+        Some(snapshot) => format!(
+            "{who} receiving snapshot: {} of {}",
+            show_bytes(snapshot.sent_bytes),
+            show_bytes(snapshot.total_bytes)
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use ringkv_proto::placementpb::ChangePeerType;
+    use ringkv_proto::placementpb::{ChangePeerType, SnapshotProgress};
 
+    use crate::state::RegionReport;
     use crate::test_cluster::{
-        carry_out, expect_change, expect_nothing, expect_transfer, on_store, secs, test_config,
-        TestCluster, OPERATOR_TIMEOUT,
+        carry_out, expect_change, expect_nothing, expect_transfer, on_store, report_of, secs,
+        test_config, TestCluster, OPERATOR_TIMEOUT,
     };
 
     /// Four stores up at `t0 + 1s`; `region` has voters on the first three, led from the first.
@@ -249,6 +269,55 @@ mod tests {
         let mut stores: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
         stores.sort_unstable();
         assert_eq!(stores, s[1..].to_vec());
+    }
+
+    #[test]
+    fn move_and_its_add_learner_show_the_learners_snapshot_progress() {
+        let (mut cluster, at) = cluster_with_three_voters();
+        let s = cluster.stores.clone();
+        let region = cluster.region.clone();
+        let leader = on_store(&region, s[0]);
+        cluster
+            .state
+            .move_region(region.id, s[1], s[3], at)
+            .expect("move accepted");
+        let answer = cluster.report(&region, leader, &[], at);
+        let new = expect_change(&answer, ChangePeerType::AddLearner);
+        let (region, leader) = carry_out(&region, leader, &answer);
+
+        let snapshot = SnapshotProgress {
+            peer_id: new.id,
+            sent_bytes: 1_258_291,
+            total_bytes: 3_565_158,
+        };
+        let report = RegionReport {
+            pending_peers: vec![new],
+            snapshots: vec![snapshot],
+            ..report_of(&region, leader)
+        };
+        expect_nothing(&cluster.send(report, at + secs(1)), "receiving a snapshot");
+        let progress = format!(
+            "learner {} on store {} receiving snapshot: 1.2 MiB of 3.4 MiB",
+            new.id, s[3]
+        );
+        let listed = cluster.state.operators(at + secs(1));
+        let detail_of = |kind: &str| {
+            listed
+                .iter()
+                .find(|op| op.kind == kind)
+                .map(|op| op.detail.clone())
+                .unwrap_or_else(|| panic!("no {kind} in {listed:?}"))
+        };
+        assert!(detail_of("move-region").contains(&progress), "{listed:?}");
+        assert!(detail_of("add-learner").contains(&progress), "{listed:?}");
+        assert_eq!(cluster.state.snapshots(region.id), &[snapshot]);
+
+        // Caught up: the snapshot is gone from the report, and so is the progress.
+        let answer = cluster.report(&region, leader, &[], at + secs(2));
+        expect_change(&answer, ChangePeerType::PromoteLearner);
+        assert!(cluster.state.snapshots(region.id).is_empty());
+        let details = goal_details(&cluster, at + secs(2));
+        assert!(!details[0].contains("snapshot"), "{details:?}");
     }
 
     #[test]

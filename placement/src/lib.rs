@@ -8,14 +8,17 @@
 //! * `checker` — the replica checker: the next step towards `max_replicas` healthy voters.
 //! * `goal` — move goals: the next step of moving a replica from one store to another.
 //! * `balance` — the leader and region balancers.
+//! * `hot` — the hot-region scheduler: leadership of hot regions off the most loaded store.
 //! * `operator` — scheduling steps and goals in flight, judged by the regions' own reports.
 //! * `service` — the gRPC `Placement` service over the state.
 //! * `server` — runs gRPC plus `/status` and `/metrics` over HTTP.
+//! * `units` — byte counts as people read them.
 
 mod balance;
 mod checker;
 pub mod error;
 mod goal;
+mod hot;
 mod operator;
 pub mod server;
 pub mod service;
@@ -23,7 +26,8 @@ pub mod state;
 pub mod storage;
 #[cfg(test)]
 mod test_cluster;
+mod units;
 
 pub use error::PlacementError;
 pub use server::{start, RunningPlacement, ServeConfig};
-pub use state::{ClusterState, PlacementConfig};
+pub use state::{ClusterState, PlacementConfig, RegionReport};

@@ -9,10 +9,15 @@
 //! simply resumes from whatever the region looks like next. A move (see `goal`) is such a
 //! flow with a destination: the controller keeps the goal, the checker derives its steps.
 //!
+//! Adding a learner is done once the learner is in the region *and* caught up (TiKV PD's
+//! add-peer step is the reference): until then the operator keeps its slot, so
+//! `replica_schedule_limit` also bounds the snapshots streaming at once, and `GetOperators`
+//! shows how far the snapshot got.
+//!
 //! Priority and limits, by [`Origin`]: admin requests are never limited and replace whatever
 //! else is in flight for the region; every other operator needs a free slot of
-//! `replica_schedule_limit` (admin operators take slots too), and the balancers have their own
-//! smaller limits on top (see `state`).
+//! `replica_schedule_limit` (admin operators take slots too), and the balancers and the
+//! hot-region scheduler have their own smaller limits on top (see `state`).
 //!
 //! Operators and goals are volatile. After a restart none is in flight; the next heartbeats
 //! show how far each region got and the checker re-derives what is still missing (an
@@ -123,6 +128,8 @@ pub enum Origin {
     MoveGoal,
     /// The leader balancer.
     BalanceLeader,
+    /// The hot-region scheduler (leader transfers off the store carrying the most load).
+    HotRegion,
     /// The region balancer (makes goals, whose steps are `MoveGoal` operators).
     BalanceRegion,
     /// An admin request (kvctl): never limited, preempts everything else for the region.
@@ -135,6 +142,7 @@ impl Origin {
             Origin::Replica => "replica-checker",
             Origin::MoveGoal => "move-goal",
             Origin::BalanceLeader => "balance-leader",
+            Origin::HotRegion => "hot-region",
             Origin::BalanceRegion => "balance-region",
             Origin::Admin => "admin",
         }
@@ -183,6 +191,9 @@ enum Progress {
     /// The region is in a joint configuration, which its leader leaves by itself; the step
     /// may be half applied, so it is neither judged nor re-sent until the region is out.
     Joint,
+    /// The learner is added but still catching up (receiving a snapshot, or far behind):
+    /// nothing to re-send, nothing else to start for the region.
+    CatchingUp,
     Pending,
 }
 
@@ -227,11 +238,13 @@ impl Operator {
         response
     }
 
-    /// Judges the operator by an accepted report of its region (`leader` is the reporter).
+    /// Judges the operator by an accepted report of its region (`leader` is the reporter,
+    /// `pending` the peers it says are catching up).
     fn progress(
         &self,
         region: &Region,
         leader: &Peer,
+        pending: &[Peer],
         now: Instant,
         timeout: Duration,
     ) -> Progress {
@@ -254,12 +267,19 @@ impl Operator {
             Step::TransferLeader(peer) => leader.store_id == peer.store_id,
             Step::Split(_) => split,
         };
+        let catching_up = done
+            && matches!(&self.step, Step::AddLearner(peer) if pending.iter().any(|p| p.id == peer.id));
+        let timed_out = now.saturating_duration_since(self.created) > timeout;
         let joint = is_joint(region);
-        if done {
+        if catching_up && timed_out {
+            Progress::Finished(Outcome::Timeout)
+        } else if catching_up {
+            Progress::CatchingUp
+        } else if done {
             Progress::Finished(Outcome::Success)
         } else if (conf_changed || split) && !joint {
             Progress::Finished(Outcome::Cancelled)
-        } else if now.saturating_duration_since(self.created) > timeout {
+        } else if timed_out {
             Progress::Finished(Outcome::Timeout)
         } else if joint {
             Progress::Joint
@@ -268,12 +288,14 @@ impl Operator {
         }
     }
 
-    pub fn info(&self, now: Instant) -> OperatorInfo {
+    /// For `GetOperators`; `note` is what its peer is doing now (a learner catching up).
+    pub fn info(&self, now: Instant, note: Option<String>) -> OperatorInfo {
+        let note = note.map(|note| format!("; {note}")).unwrap_or_default();
         OperatorInfo {
             region_id: self.region_id,
             kind: self.kind().name().to_owned(),
             detail: format!(
-                "{} ({}): {}",
+                "{} ({}): {}{note}",
                 self.step.describe(),
                 self.origin.name(),
                 self.reason
@@ -364,30 +386,32 @@ impl OperatorController {
             reason = %operator.reason,
             "operator created"
         );
-        count(operator.kind().name(), "created");
+        count(operator.kind().name(), operator.origin, "created");
         let replaced = self.in_flight.insert(operator.region_id, operator);
         assert!(replaced.is_none(), "two operators for one region");
         self.publish_in_flight();
         step
     }
 
-    /// Applies an accepted report of `region` to its operator. `None` when no operator is in
-    /// flight for it (any that was is now finished); otherwise the answer to send while it
-    /// is: its step again at the region's current epoch, or nothing while the region is in a
-    /// joint configuration.
+    /// Applies an accepted report of `region` (with `pending` peers catching up) to its
+    /// operator. `None` when no operator is in flight for it (any that was is now finished);
+    /// otherwise the answer to send while it is: its step again at the region's current
+    /// epoch, or nothing while the region is in a joint configuration or the operator's
+    /// learner catches up.
     pub fn on_region_report(
         &mut self,
         region: &Region,
         leader: &Peer,
+        pending: &[Peer],
         now: Instant,
     ) -> Option<RegionHeartbeatResponse> {
         let operator = self.in_flight.get(&region.id)?;
-        match operator.progress(region, leader, now, self.timeout) {
+        match operator.progress(region, leader, pending, now, self.timeout) {
             Progress::Finished(outcome) => {
                 self.finish(region.id, outcome, now);
                 None
             }
-            Progress::Joint => Some(RegionHeartbeatResponse::default()),
+            Progress::Joint | Progress::CatchingUp => Some(RegionHeartbeatResponse::default()),
             Progress::Pending => Some(operator.step(region.epoch.unwrap_or_default())),
         }
     }
@@ -481,7 +505,7 @@ impl OperatorController {
             origin = goal.origin.name(),
             "move goal set"
         );
-        count(MOVE_REGION_KIND, "created");
+        count(MOVE_REGION_KIND, goal.origin, "created");
         self.goals.insert(goal.region_id, goal);
         self.publish_in_flight();
     }
@@ -506,17 +530,33 @@ impl OperatorController {
             age_ms = now.saturating_duration_since(goal.created).as_millis() as u64,
             "move goal finished"
         );
-        count(MOVE_REGION_KIND, outcome.name());
+        count(MOVE_REGION_KIND, goal.origin, outcome.name());
         self.publish_in_flight();
     }
 
     /// Every operator and goal in flight, by region id (a region's operator before its goal).
-    pub fn infos(&self, now: Instant) -> Vec<OperatorInfo> {
+    /// `learner_note(region_id, store_id)` says what the region's learner on that store is
+    /// doing now, if it is catching up; it is asked about the learner an add-learner
+    /// operator adds and the one a goal moves to.
+    pub fn infos(
+        &self,
+        now: Instant,
+        learner_note: impl Fn(u64, u64) -> Option<String>,
+    ) -> Vec<OperatorInfo> {
+        let operator_info = |op: &Operator| {
+            let note = match op.step {
+                Step::AddLearner(peer) => learner_note(op.region_id, peer.store_id),
+                _ => None,
+            };
+            op.info(now, note)
+        };
+        let goal_info =
+            |goal: &MoveGoal| goal.info(now, learner_note(goal.region_id, goal.to_store));
         let mut infos: Vec<OperatorInfo> = self
             .in_flight
             .values()
-            .map(|op| op.info(now))
-            .chain(self.goals.values().map(|goal| goal.info(now)))
+            .map(operator_info)
+            .chain(self.goals.values().map(goal_info))
             .collect();
         infos.sort_by_key(|info| info.region_id);
         infos
@@ -534,7 +574,7 @@ impl OperatorController {
             age_ms = now.saturating_duration_since(operator.created).as_millis() as u64,
             "operator finished"
         );
-        count(operator.kind().name(), outcome.name());
+        count(operator.kind().name(), operator.origin, outcome.name());
         self.publish_in_flight();
     }
 
@@ -544,10 +584,11 @@ impl OperatorController {
     }
 }
 
-fn count(kind: &'static str, outcome: &'static str) {
+fn count(kind: &'static str, origin: Origin, outcome: &'static str) {
     metrics::counter!(
         "ringkv_placement_operators_total",
         "kind" => kind,
+        "origin" => origin.name(),
         "outcome" => outcome
     )
     .increment(1);
@@ -602,11 +643,25 @@ mod tests {
         assert_eq!(listed[0].age_ms, 10_000);
         assert!(listed[0].detail.contains(&new.id.to_string()), "{listed:?}");
 
-        // Done: the learner is there (still catching up, so nothing follows yet).
+        // The learner is there but catching up: not re-sent, not done yet.
         let grown = TestCluster::reshape(&region, 2, vec![leader, new]);
         let answer = cluster.report(&grown, leader, &[new], at + secs(20));
-        expect_nothing(&answer, "the add is done and the learner is catching up");
-        assert!(kinds(&cluster, at + secs(20)).is_empty());
+        expect_nothing(&answer, "the learner is catching up");
+        assert_eq!(
+            kinds(&cluster, at + secs(20)),
+            vec![(region.id, "add-learner".to_owned())]
+        );
+
+        // Done once it caught up; the checker goes on at once.
+        let answer = cluster.report(&grown, leader, &[], at + secs(30));
+        assert_eq!(
+            expect_change(&answer, ChangePeerType::PromoteLearner).id,
+            new.id
+        );
+        assert_eq!(
+            kinds(&cluster, at + secs(30)),
+            vec![(region.id, "promote-learner".to_owned())]
+        );
     }
 
     #[test]

@@ -196,6 +196,12 @@ async fn status(State(http): State<HttpState>) -> Response {
                 "leader_store_id": entry.leader.map_or(0, |l| l.store_id),
                 "approximate_size_bytes": stats.approximate_size_bytes,
                 "approximate_keys": stats.approximate_keys,
+                "written_bytes_per_sec": stats.written_bytes_per_sec,
+                "written_keys_per_sec": stats.written_keys_per_sec,
+                "read_keys_per_sec": stats.read_keys_per_sec,
+                "snapshots": state.snapshots(region.id).iter().map(|s| json!({
+                    "peer_id": s.peer_id, "sent_bytes": s.sent_bytes, "total_bytes": s.total_bytes
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -211,6 +217,19 @@ async fn status(State(http): State<HttpState>) -> Response {
             })
         })
         .collect();
+    let stuck_joint: Vec<serde_json::Value> = state
+        .stuck_joint_regions(now)
+        .into_iter()
+        .map(|stuck| {
+            json!({
+                "region_id": stuck.region_id,
+                "peers": stuck.peers.iter().map(|p| json!({
+                    "id": p.id, "store_id": p.store_id, "role": p.role
+                })).collect::<Vec<_>>(),
+                "joint_for_ms": stuck.joint_for.as_millis() as u64,
+            })
+        })
+        .collect();
     let body = json!({
         "cluster_id": state.cluster_id(),
         "bootstrapped": state.is_bootstrapped(),
@@ -218,6 +237,7 @@ async fn status(State(http): State<HttpState>) -> Response {
         "stores": stores,
         "regions": regions,
         "operators": operators,
+        "stuck_joint": stuck_joint,
     });
     drop(state);
     (
@@ -251,6 +271,8 @@ async fn render_metrics(State(http): State<HttpState>) -> Response {
                 .set(count as f64);
         }
         metrics::gauge!("ringkv_placement_regions").set(state.region_count() as f64);
+        metrics::gauge!("ringkv_placement_regions_stuck_joint")
+            .set(state.stuck_joint_regions(now).len() as f64);
     }
     (
         StatusCode::OK,

@@ -18,7 +18,7 @@ use ringkv_proto::placementpb::{
 use tonic::{Request, Response, Status};
 
 use crate::error::{PlacementError, Result};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, RegionReport};
 
 /// The service; cheap to clone (shares the state).
 #[derive(Clone)]
@@ -168,14 +168,15 @@ impl Placement for PlacementService {
             let region = request
                 .region
                 .ok_or_else(|| PlacementError::Invalid("no region given".into()))?;
-            state.region_heartbeat(
+            let report = RegionReport {
                 region,
-                request.leader,
-                request.term,
-                request.stats.unwrap_or_default(),
-                &request.pending_peers,
-                Instant::now(),
-            )
+                leader: request.leader,
+                term: request.term,
+                stats: request.stats.unwrap_or_default(),
+                pending_peers: request.pending_peers,
+                snapshots: request.snapshots,
+            };
+            state.region_heartbeat(report, Instant::now())
         })
     }
 

@@ -7,9 +7,12 @@
 //! statistics, who leads a region, the operators in flight) is rebuilt from heartbeats after a
 //! restart.
 //!
+//! What region leaders last said (leader, statistics, peers catching up, snapshots streaming,
+//! joint configurations) is volatile and kept in `live`.
+//!
 //! Every accepted region report is also a chance to schedule (see `scheduling`): the operator
 //! in flight for the region is judged and re-sent (see `operator`), or, with none, the move
-//! goal, the replica checker and the balancers may start one. Healing waits for
+//! goal, the replica checker, the hot-region scheduler and the balancers may start one. Healing waits for
 //! `max_store_down_time` counted from placement's own start too, so a placement restart alone
 //! never looks like stores going down. Admin requests (split, leader transfer, move, store
 //! removal) are checked and turned into operators, goals or store states in `admin`.
@@ -31,15 +34,19 @@ use std::time::{Duration, Instant};
 use ringkv_proto::metapb::{Peer, Region, RegionEpoch, Store};
 use ringkv_proto::placementpb::{
     OperatorInfo, PersistedState, PersistedStore, RegionHeartbeatResponse, RegionStats,
-    RegionWithLeader, RequestHeader, StoreInfo, StoreState, StoreStats,
+    RegionWithLeader, RequestHeader, SnapshotProgress, StoreInfo, StoreState, StoreStats,
 };
 
 use crate::error::{PlacementError, Result};
+use crate::hot::{HotStreak, HotThresholds, Load};
 use crate::operator::OperatorController;
 use crate::storage::Storage;
 
 mod admin;
+mod live;
 mod scheduling;
+
+pub use live::StuckJoint;
 
 /// Ids are persisted as a watermark this far ahead of the last one handed out, so most
 /// allocations need no write; a restart skips the unused rest.
@@ -60,13 +67,37 @@ pub struct PlacementConfig {
     /// off but admin splits and leader transfers (a move's steps wait for slots as well).
     pub replica_schedule_limit: u32,
     /// Run the balance schedulers (default true): once the replica rules have nothing to do
-    /// for a region, even out leaders and peers per store until the counts are within 1 of
+    /// for a region, move hot regions' leadership off the store carrying the most load (see
+    /// `hot`), and even out leaders and peers per store until the counts are within 1 of
     /// each other (max - min <= 1; for leaders, among the stores holding a region's voters).
     pub balance: bool,
     /// Leader transfers of the leader balancer in flight at most (default 4).
     pub leader_schedule_limit: u32,
     /// Moves (goals) of the region balancer in flight at most (default 4).
     pub region_schedule_limit: u32,
+    /// A region is hot when this many bytes per second are written to it (default 1 MiB/s;
+    /// 0: writes never make a region hot)...
+    pub hot_region_write_bytes_per_sec: u64,
+    /// ... or this many keys per second are read from it (default 1000; 0: reads never
+    /// make a region hot)...
+    pub hot_region_read_keys_per_sec: u64,
+    /// ... in at least this many consecutive reports of its leader (default 3).
+    pub hot_region_min_reports: u32,
+    /// Leader transfers of the hot-region scheduler in flight at most (default 2).
+    pub hot_region_schedule_limit: u32,
+    /// The hot-region scheduler moves a region's leadership at most once per this long
+    /// (default 60 s), so a region's load settles before it is judged again.
+    pub hot_region_cooldown: Duration,
+}
+
+impl PlacementConfig {
+    pub(crate) fn hot_thresholds(&self) -> HotThresholds {
+        HotThresholds {
+            written_bytes_per_sec: self.hot_region_write_bytes_per_sec,
+            read_keys_per_sec: self.hot_region_read_keys_per_sec,
+            min_reports: self.hot_region_min_reports,
+        }
+    }
 }
 
 impl Default for PlacementConfig {
@@ -79,6 +110,11 @@ impl Default for PlacementConfig {
             balance: true,
             leader_schedule_limit: 4,
             region_schedule_limit: 4,
+            hot_region_write_bytes_per_sec: 1 << 20,
+            hot_region_read_keys_per_sec: 1000,
+            hot_region_min_reports: 3,
+            hot_region_schedule_limit: 2,
+            hot_region_cooldown: Duration::from_secs(60),
         }
     }
 }
@@ -207,12 +243,48 @@ pub fn contains(region: &Region, hash: u64) -> bool {
     hash >= region.start_hash && (region.end_hash == 0 || hash < region.end_hash)
 }
 
-/// What a region's leader last told placement.
+/// One region heartbeat: what the region's leader says about it.
+#[derive(Clone, Debug, Default)]
+pub struct RegionReport {
+    pub region: Region,
+    pub leader: Option<Peer>,
+    /// The leader's raft term.
+    pub term: u64,
+    /// Measured by the leader over its last heartbeat interval.
+    pub stats: RegionStats,
+    /// Peers still catching up (no log match yet, far behind, or receiving a snapshot).
+    pub pending_peers: Vec<Peer>,
+    /// Snapshots the leader is streaming to peers right now.
+    pub snapshots: Vec<SnapshotProgress>,
+}
+
+/// What a region's leader last told placement, and what placement concluded from its
+/// reports so far (see `live`).
 #[derive(Clone, Debug, Default)]
 struct RegionLive {
     leader: Option<Peer>,
     term: u64,
     stats: RegionStats,
+    /// Of the region's peers, those catching up...
+    pending_peers: Vec<Peer>,
+    /// ... and the snapshots streaming to them (at most one per peer).
+    snapshots: Vec<SnapshotProgress>,
+    hot_streak: HotStreak,
+    /// When the hot-region scheduler last moved its leadership (for its cooldown).
+    hot_transferred_at: Option<Instant>,
+    /// The joint configuration it was last reported in.
+    joint: Option<JointEpisode>,
+}
+
+/// One joint configuration of a region: entering and leaving one each bump conf_ver, so the
+/// conf_ver names it.
+#[derive(Clone, Copy, Debug)]
+struct JointEpisode {
+    conf_ver: u64,
+    /// The first report that showed it.
+    since: Instant,
+    /// Logged as stuck already.
+    warned: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -235,6 +307,9 @@ pub struct ClusterState {
     /// store id → regions whose last report named a leader there (no zero entries); derived
     /// from `regions_live` and kept with it.
     leader_counts: BTreeMap<u64, u64>,
+    /// store id → the load of the regions it leads, by their last reports (no zero
+    /// entries); derived from `regions_live` and kept with it.
+    leader_loads: BTreeMap<u64, Load>,
     operators: OperatorController,
 }
 
@@ -271,6 +346,7 @@ impl ClusterState {
             stores_live: HashMap::new(),
             regions_live: HashMap::new(),
             leader_counts: BTreeMap::new(),
+            leader_loads: BTreeMap::new(),
             operators,
         };
         if fresh {
@@ -511,31 +587,20 @@ impl ClusterState {
 
     /// Takes a leader's report about its region (see the module docs for what is refused)
     /// and answers with the step the region should take next; an empty answer (no
-    /// `change_peer`, `transfer_leader` or `split`) means nothing to do. `pending_peers` are
-    /// the peers the leader says are still catching up.
+    /// `change_peer`, `transfer_leader` or `split`) means nothing to do.
     pub fn region_heartbeat(
         &mut self,
-        region: Region,
-        leader: Option<Peer>,
-        term: u64,
-        stats: RegionStats,
-        pending_peers: &[Peer],
+        report: RegionReport,
         now: Instant,
     ) -> Result<RegionHeartbeatResponse> {
-        let leader = self.record_region_report(&region, leader, term, stats, now)?;
-        self.schedule(&region, &leader, pending_peers, now)
+        let leader = self.record_region_report(&report, now)?;
+        self.schedule(&report.region, &leader, &report.pending_peers, now)
     }
 
     /// Validates a region report and makes it placement's view; returns its leader.
-    fn record_region_report(
-        &mut self,
-        region: &Region,
-        leader: Option<Peer>,
-        term: u64,
-        stats: RegionStats,
-        now: Instant,
-    ) -> Result<Peer> {
+    fn record_region_report(&mut self, report: &RegionReport, now: Instant) -> Result<Peer> {
         self.require_bootstrapped()?;
+        let (region, term) = (&report.region, report.term);
         let id = region.id;
         let epoch = region.epoch.unwrap_or_default();
         if id == 0 || region.peers.is_empty() {
@@ -549,7 +614,7 @@ impl ClusterState {
                 region.start_hash, region.end_hash
             )));
         }
-        let Some(leader) = leader else {
+        let Some(leader) = report.leader else {
             return Err(PlacementError::Invalid(format!(
                 "heartbeat of region {id} names no leader"
             )));
@@ -632,62 +697,16 @@ impl ClusterState {
                 "region updated"
             );
         }
-        let previous = self.regions_live.insert(
-            id,
-            RegionLive {
-                leader: Some(leader),
-                term,
-                stats,
-            },
-        );
-        let previous_leader = previous.and_then(|live| live.leader);
-        if previous_leader != Some(leader) {
-            tracing::debug!(region = id, leader = leader.id, term, "region leader");
-        }
-        if let Some(old) = previous_leader {
-            self.uncount_leader(old.store_id);
-        }
-        *self.leader_counts.entry(leader.store_id).or_default() += 1;
-        debug_assert_eq!(
-            self.leader_counts,
-            self.count_leaders(),
-            "leader counts drifted"
-        );
+        self.update_region_live(report, leader, now);
         Ok(leader)
     }
 
-    /// Drops what the leader of a region placement no longer has last said.
-    fn forget_region_live(&mut self, region_id: u64) {
-        let leader = self
-            .regions_live
-            .remove(&region_id)
-            .and_then(|live| live.leader);
-        if let Some(leader) = leader {
-            self.uncount_leader(leader.store_id);
-        }
-    }
-
-    fn uncount_leader(&mut self, store_id: u64) {
-        if let Some(count) = self.leader_counts.get_mut(&store_id) {
-            *count -= 1;
-            if *count == 0 {
-                self.leader_counts.remove(&store_id);
-            }
-        }
-    }
-
-    /// `leader_counts` recomputed from scratch, to check the incremental one.
-    fn count_leaders(&self) -> BTreeMap<u64, u64> {
-        let mut counts = BTreeMap::new();
-        for leader in self.regions_live.values().filter_map(|live| live.leader) {
-            *counts.entry(leader.store_id).or_default() += 1;
-        }
-        counts
-    }
-
-    /// The operators and move goals in flight, by region id.
+    /// The operators and move goals in flight, by region id; those waiting for a learner
+    /// to catch up say how far it got.
     pub fn operators(&self, now: Instant) -> Vec<OperatorInfo> {
-        self.operators.infos(now)
+        self.operators.infos(now, |region_id, store_id| {
+            self.learner_note(region_id, store_id)
+        })
     }
 
     fn with_leader(&self, region: &Region) -> RegionWithLeader {

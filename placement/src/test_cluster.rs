@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store};
-use ringkv_proto::placementpb::{ChangePeerType, RegionHeartbeatResponse, RegionStats, StoreStats};
+use ringkv_proto::placementpb::{ChangePeerType, RegionHeartbeatResponse, StoreStats};
 
-use crate::state::{ClusterState, PlacementConfig};
+use crate::state::{ClusterState, PlacementConfig, RegionReport};
 
 pub const HALF: u64 = 1 << 63;
 pub const DOWN_TIME: Duration = Duration::from_secs(60);
@@ -24,6 +24,11 @@ pub fn test_config() -> PlacementConfig {
         balance: false,
         leader_schedule_limit: 4,
         region_schedule_limit: 4,
+        hot_region_write_bytes_per_sec: 1 << 20,
+        hot_region_read_keys_per_sec: 1000,
+        hot_region_min_reports: 3,
+        hot_region_schedule_limit: 2,
+        hot_region_cooldown: Duration::from_secs(60),
     }
 }
 
@@ -206,16 +211,29 @@ impl TestCluster {
         pending: &[Peer],
         at: Instant,
     ) -> RegionHeartbeatResponse {
+        let report = RegionReport {
+            pending_peers: pending.to_vec(),
+            ..report_of(region, leader)
+        };
+        self.send(report, at)
+    }
+
+    /// Any report; panics if refused.
+    pub fn send(&mut self, report: RegionReport, at: Instant) -> RegionHeartbeatResponse {
+        let id = report.region.id;
         self.state
-            .region_heartbeat(
-                region.clone(),
-                Some(leader),
-                1,
-                RegionStats::default(),
-                pending,
-                at,
-            )
-            .unwrap_or_else(|e| panic!("report of region {} refused: {e}", region.id))
+            .region_heartbeat(report, at)
+            .unwrap_or_else(|e| panic!("report of region {id} refused: {e}"))
+    }
+}
+
+/// A report of `region` by `leader` (term 1), with nothing else to say.
+pub fn report_of(region: &Region, leader: Peer) -> RegionReport {
+    RegionReport {
+        region: region.clone(),
+        leader: Some(leader),
+        term: 1,
+        ..RegionReport::default()
     }
 }
 

@@ -111,6 +111,7 @@ async fn heartbeat(
             term,
             stats: None,
             pending_peers: vec![],
+            snapshots: vec![],
         })
         .await
         .map(tonic::Response::into_inner)
@@ -503,6 +504,12 @@ async fn status_page_lists_stores_and_regions() {
     assert_eq!(json["cluster_id"].as_u64(), Some(boot.cluster));
     assert_eq!(json["regions"].as_array().map(Vec::len), Some(2), "{json}");
     assert_eq!(json["stores"][0]["id"].as_u64(), Some(boot.store), "{json}");
+    assert_eq!(
+        json["regions"][0]["snapshots"],
+        serde_json::json!([]),
+        "{json}"
+    );
+    assert_eq!(json["stuck_joint"], serde_json::json!([]), "{json}");
     placement.shutdown().await;
 }
 

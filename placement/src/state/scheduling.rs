@@ -3,11 +3,17 @@
 //! 1. the operator in flight for the region (judged, re-sent while pending);
 //! 2. the region's move goal, if any (see `goal`);
 //! 3. the replica rules (see `checker`);
-//! 4. the balancers (see `balance`), when enabled and within their own limits.
+//! 4. when `balance` is on, each within its own limit: the hot-region scheduler (see `hot`),
+//!    then balance-leader, then balance-region (see `balance`).
 //!
 //! Only admin operators skip the cluster-wide limit (see `admin`); everything here needs a
-//! free slot. The balancers see the counts with what is in flight already done, so that
-//! several reports in a row do not all pick the same emptiest store.
+//! free slot. The schedulers of step 4 see the counts and loads with what is in flight
+//! already done, so that several reports in a row do not all pick the same emptiest store.
+//!
+//! Hot regions come first because load, not counts, is what a hot store suffers from; and
+//! balance-leader leaves hot regions alone, so it can neither carry a hot region's load onto
+//! the hottest store nor undo a hot-region transfer to even out the counts (and the two
+//! would take turns moving the same leadership back and forth).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,11 +21,12 @@ use std::time::Instant;
 use ringkv_proto::metapb::{Peer, PeerRole, Region};
 use ringkv_proto::placementpb::{PersistedStore, RegionHeartbeatResponse};
 
-use super::ClusterState;
+use super::{ClusterState, RegionLive};
 use crate::balance::{balance_leader, balance_region};
 use crate::checker::{check_replicas, ClusterView, Decision, StoreHealth};
 use crate::error::Result;
 use crate::goal::{check_move, GoalCheck, MoveGoal};
+use crate::hot::{hot_region_transfer, Load};
 use crate::operator::{Operator, Origin, Outcome, Step};
 
 impl ClusterState {
@@ -32,7 +39,9 @@ impl ClusterState {
         pending: &[Peer],
         now: Instant,
     ) -> Result<RegionHeartbeatResponse> {
-        let in_flight = self.operators.on_region_report(region, leader, now);
+        let in_flight = self
+            .operators
+            .on_region_report(region, leader, pending, now);
         self.operators.expire(now);
         if let Some(step) = in_flight {
             return Ok(step);
@@ -102,7 +111,8 @@ impl ClusterState {
         Ok(Some(answer))
     }
 
-    /// balance-leader, then balance-region, each within its limit.
+    /// hot-region, then balance-leader (for a region that is not hot), then balance-region,
+    /// each within its limit.
     fn balance(
         &mut self,
         stores: &BTreeMap<u64, StoreHealth>,
@@ -111,8 +121,17 @@ impl ClusterState {
         pending: &[Peer],
         now: Instant,
     ) -> Result<RegionHeartbeatResponse> {
+        if let Some(answer) = self.hot_region(stores, region, leader, now)? {
+            return Ok(answer);
+        }
+        let is_hot = self.regions_live.get(&region.id).is_some_and(|live| {
+            !live
+                .hot_streak
+                .hot_in(&self.config.hot_thresholds())
+                .is_empty()
+        });
         let leader_limit = self.config.leader_schedule_limit as usize;
-        if self.operators.in_flight_from(Origin::BalanceLeader) < leader_limit {
+        if !is_hot && self.operators.in_flight_from(Origin::BalanceLeader) < leader_limit {
             let leader_counts = self.projected_leader_counts();
             let view = self.view(stores, &self.durable.peer_counts);
             if let Some(decision) = balance_leader(&view, &leader_counts, region, leader) {
@@ -144,6 +163,42 @@ impl ClusterState {
             }
         }
         Ok(RegionHeartbeatResponse::default())
+    }
+
+    /// The hot-region scheduler's leader transfer for `region`, if it is hot, out of its
+    /// cooldown, and the scheduler has a free slot of `hot_region_schedule_limit`.
+    fn hot_region(
+        &mut self,
+        stores: &BTreeMap<u64, StoreHealth>,
+        region: &Region,
+        leader: &Peer,
+        now: Instant,
+    ) -> Result<Option<RegionHeartbeatResponse>> {
+        let Some(live) = self.regions_live.get(&region.id) else {
+            return Ok(None);
+        };
+        let hot_in = live.hot_streak.hot_in(&self.config.hot_thresholds());
+        let cooling = live
+            .hot_transferred_at
+            .is_some_and(|at| now.saturating_duration_since(at) < self.config.hot_region_cooldown);
+        let limit = self.config.hot_region_schedule_limit as usize;
+        if hot_in.is_empty() || cooling || self.operators.in_flight_from(Origin::HotRegion) >= limit
+        {
+            return Ok(None);
+        }
+        let region_load = Load::of(&live.stats);
+        let loads = self.projected_leader_loads();
+        let view = self.view(stores, &self.durable.peer_counts);
+        let Some(decision) =
+            hot_region_transfer(&view, &loads, region, leader, region_load, &hot_in)
+        else {
+            return Ok(None);
+        };
+        let answer = self.start_operator(region, decision, Origin::HotRegion, now)?;
+        if let Some(live) = self.regions_live.get_mut(&region.id) {
+            live.hot_transferred_at = Some(now);
+        }
+        Ok(Some(answer))
     }
 
     /// Makes `decision` an operator of `origin` and returns its first step.
@@ -191,22 +246,38 @@ impl ClusterState {
         }
     }
 
+    /// The leader transfers in flight whose region is still led from another store: the
+    /// region's live info, the store it leaves, the store it goes to.
+    fn transfers_in_flight(&self) -> impl Iterator<Item = (&RegionLive, u64, u64)> + '_ {
+        self.operators.operators().filter_map(|operator| {
+            let Step::TransferLeader(to) = operator.step else {
+                return None;
+            };
+            let live = self.regions_live.get(&operator.region_id)?;
+            let from = live.leader?;
+            (from.store_id != to.store_id).then_some((live, from.store_id, to.store_id))
+        })
+    }
+
     /// Regions led per store once the leader transfers in flight are done.
     fn projected_leader_counts(&self) -> BTreeMap<u64, u64> {
         let mut counts = self.leader_counts.clone();
-        for operator in self.operators.operators() {
-            let Step::TransferLeader(to) = operator.step else {
-                continue;
-            };
-            let from = self
-                .regions_live
-                .get(&operator.region_id)
-                .and_then(|live| live.leader);
-            if let Some(from) = from.filter(|from| from.store_id != to.store_id) {
-                shift(&mut counts, from.store_id, to.store_id);
-            }
+        for (_, from, to) in self.transfers_in_flight() {
+            shift(&mut counts, from, to);
         }
         counts
+    }
+
+    /// The load of the regions each store leads once the leader transfers in flight are
+    /// done.
+    fn projected_leader_loads(&self) -> BTreeMap<u64, Load> {
+        let mut loads = self.leader_loads.clone();
+        for (live, from, to) in self.transfers_in_flight() {
+            let load = Load::of(&live.stats);
+            loads.entry(from).or_default().subtract(load);
+            loads.entry(to).or_default().add(load);
+        }
+        loads
     }
 
     /// Peers per store once the move goals in flight are reached.
