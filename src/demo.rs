@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::server::{Limits, Membership, Node, NodeConfig, DEFAULT_REGION_SPLIT_SIZE};
+use crate::server::{
+    Limits, Membership, Node, NodeConfig, SplitPolicy, DEFAULT_REGION_SPLIT_KEYS,
+    DEFAULT_REGION_SPLIT_LOAD, DEFAULT_REGION_SPLIT_SIZE,
+};
 use crate::transport::tls;
 
 pub struct DemoConfig {
@@ -56,7 +59,11 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             heartbeat_ticks: 2,
             raft_log_gc_threshold: 1024,
             pollers: 1,
-            region_split_size: DEFAULT_REGION_SPLIT_SIZE,
+            split: SplitPolicy {
+                size_bytes: DEFAULT_REGION_SPLIT_SIZE,
+                keys: DEFAULT_REGION_SPLIT_KEYS,
+                load_keys_per_sec: DEFAULT_REGION_SPLIT_LOAD,
+            },
             limits: Limits::default(),
             request_timeout: Duration::from_secs(5),
         };

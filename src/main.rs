@@ -70,6 +70,13 @@ struct PlacementArgs {
     /// Region moves the replica balancer keeps in flight at most.
     #[arg(long, default_value_t = 4)]
     region_schedule_limit: u32,
+    /// A region writing this many bytes per second (three reports in a row) is hot: its
+    /// leadership is moved off the store carrying the most hot load. 0 = ignore writes.
+    #[arg(long, default_value_t = 1 << 20)]
+    hot_region_write_bytes_per_sec: u64,
+    /// Like --hot-region-write-bytes-per-sec, for keys read per second. 0 = ignore reads.
+    #[arg(long, default_value_t = 1000)]
+    hot_region_read_keys_per_sec: u64,
 }
 
 #[derive(Args)]
@@ -132,9 +139,18 @@ struct NodeArgs {
     #[arg(long, default_value_t = 1)]
     pollers: usize,
     /// With --placement: split a region this node leads once its data exceeds this many
-    /// bytes (where the data halves); 0 = never split automatically.
+    /// bytes (where the data halves); 0 = never on size.
     #[arg(long, default_value_t = ringkv::server::DEFAULT_REGION_SPLIT_SIZE)]
     region_split_size_bytes: u64,
+    /// With --placement: split a region this node leads once it holds more keys than this
+    /// (where the data halves); 0 = never on key count.
+    #[arg(long, default_value_t = ringkv::server::DEFAULT_REGION_SPLIT_KEYS)]
+    region_split_keys: u64,
+    /// With --placement: split a region this node leads once it serves this many keys per
+    /// second (reads + writes) for three heartbeats in a row, where its recent accesses
+    /// halve; 0 = never on load.
+    #[arg(long, default_value_t = ringkv::server::DEFAULT_REGION_SPLIT_LOAD)]
+    region_split_load_keys_per_sec: u64,
     /// Largest accepted key.
     #[arg(long, default_value_t = 4096)]
     max_key_bytes: usize,
@@ -226,7 +242,11 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         heartbeat_ticks: args.heartbeat_ticks.max(1),
         raft_log_gc_threshold: args.raft_log_gc_threshold.max(1),
         pollers: args.pollers.max(1),
-        region_split_size: args.region_split_size_bytes,
+        split: ringkv::server::SplitPolicy {
+            size_bytes: args.region_split_size_bytes,
+            keys: args.region_split_keys,
+            load_keys_per_sec: args.region_split_load_keys_per_sec,
+        },
         limits: Limits {
             max_key_bytes: args.max_key_bytes,
             max_value_bytes: args.max_value_bytes,
@@ -256,6 +276,9 @@ async fn run_placement(args: PlacementArgs) -> Result<(), Box<dyn std::error::Er
                 balance: !args.disable_balance,
                 leader_schedule_limit: args.leader_schedule_limit,
                 region_schedule_limit: args.region_schedule_limit,
+                hot_region_write_bytes_per_sec: args.hot_region_write_bytes_per_sec,
+                hot_region_read_keys_per_sec: args.hot_region_read_keys_per_sec,
+                ..ringkv_placement::PlacementConfig::default()
             },
         },
         ringkv::server::metrics_handle(),

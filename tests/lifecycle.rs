@@ -472,3 +472,100 @@ fn crashes_during_a_move_and_a_split_end_consistent() {
         }
     });
 }
+
+/// Split triggers other than size: a region holding more keys than `--region-split-keys`
+/// splits until each is under it.
+#[test]
+fn a_region_with_too_many_keys_splits_until_every_region_is_under_the_key_limit() {
+    const SPLIT_KEYS: u64 = 100;
+    run_serially(async {
+        let cluster = Cluster::start(
+            3,
+            ClusterOptions {
+                node_args: [
+                    "--region-split-keys",
+                    &SPLIT_KEYS.to_string(),
+                    "--region-split-load-keys-per-sec",
+                    "0",
+                ]
+                .map(String::from)
+                .to_vec(),
+                ..options(1, manual_placement())
+            },
+        )
+        .await;
+        wait_placement(&cluster, 1, 3).await;
+        let all: BTreeSet<u64> = all_stores(&cluster).await.values().copied().collect();
+        let mut model = Model::default();
+        common::placement::write_keys(&cluster, &mut model, "many", 360).await;
+        let count = wait_until(
+            "every region under the key limit",
+            REPLICATION_TIMEOUT,
+            async || {
+                let status = cluster.placement_status().await?;
+                let keys: Vec<u64> = status["regions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r["approximate_keys"].as_u64().unwrap_or(0))
+                    .collect();
+                if keys.len() >= 4
+                    && keys.iter().all(|k| *k <= SPLIT_KEYS)
+                    && keys.iter().sum::<u64>() >= 360
+                {
+                    Ok(keys.len())
+                } else {
+                    Err(format!("keys per region {keys:?}"))
+                }
+            },
+        )
+        .await;
+        wait_settled(&cluster, Some(count), &all, REPLICATION_TIMEOUT).await;
+        cluster.assert_reads(3, &model).await;
+    });
+}
+
+/// Load split: a small region that serves more keys per second than
+/// `--region-split-load-keys-per-sec` for a while splits where its recent accesses halve.
+#[test]
+fn a_region_under_sustained_load_splits_where_its_load_halves() {
+    run_serially(async {
+        let cluster = Cluster::start(
+            3,
+            ClusterOptions {
+                node_args: [
+                    "--region-split-load-keys-per-sec",
+                    "40",
+                    "--region-split-keys",
+                    "0",
+                ]
+                .map(String::from)
+                .to_vec(),
+                ..options(1, manual_placement())
+            },
+        )
+        .await;
+        wait_placement(&cluster, 1, 3).await;
+        let all: BTreeSet<u64> = all_stores(&cluster).await.values().copied().collect();
+        // Writes as fast as the clients go: little data, steady load.
+        let writers = Writers::start(cluster.clients(&cluster.node_ids()), 3, "hot");
+        let regions = wait_until("a load split", REPLICATION_TIMEOUT, async || {
+            let status = cluster.placement_status().await?;
+            let regions = status["regions"].as_array().cloned().unwrap_or_default();
+            if regions.len() >= 2 {
+                Ok(regions)
+            } else {
+                let stats: Vec<Value> = regions
+                    .iter()
+                    .map(|r| r["approximate_keys"].clone())
+                    .collect();
+                Err(format!("{} region(s): {stats:?}", regions.len()))
+            }
+        })
+        .await;
+        let model = writers.stop().await;
+        assert!(regions.len() >= 2);
+        wait_settled(&cluster, None, &all, REPLICATION_TIMEOUT).await;
+        cluster.assert_reads(1, &model).await;
+    });
+}

@@ -504,9 +504,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 let after = follow(wait, "the move", async || {
                     let now = get_region(&mut client, header, region).await?;
                     let peers = now.region.clone().unwrap_or_default().peers;
-                    let shown = region_row(&now)[4].clone();
+                    // Peers, and what placement says about the step (e.g. the learner's
+                    // snapshot: "1.2 MiB of 3.4 MiB").
+                    let detail = client
+                        .get_operators(GetOperatorsRequest { header })
+                        .await
+                        .map(|r| r.into_inner().operators)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|op| op.region_id == region)
+                        .map(|op| format!("{}: {}", op.kind, op.detail))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    let shown = format!("peers {} {detail}", region_row(&now)[4]);
                     if shown != last_shown && !cli.json {
-                        eprintln!("  region {region}: peers {shown}");
+                        eprintln!("  region {region}: {shown}");
                         last_shown = shown;
                     }
                     let on_to = peers

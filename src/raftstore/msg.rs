@@ -118,6 +118,12 @@ pub struct RegionStatus {
     /// Bytes of user data (keys + values) this replica applied since it started: what the
     /// split check watches to decide when to measure the region again.
     pub written_bytes: u64,
+    /// User keys written (applied) and read (served as leader) here since start.
+    pub written_keys: u64,
+    pub read_keys: u64,
+    /// Where a split would halve the recent load (median hash of recently accessed keys;
+    /// 0 when there is too little to tell).
+    pub load_middle_hash: u64,
     /// Peers still catching up (log not matched yet, or behind the compacted log).
     pub pending_peers: Vec<PeerStatus>,
     pub pending_writes: usize,

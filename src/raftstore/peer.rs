@@ -33,6 +33,10 @@ use crate::region::{find_peer, find_peer_on_store, region_contains};
 const MAX_PENDING_READS: usize = 65_536;
 /// Upper bound on writes in flight for one peer.
 const MAX_PENDING_WRITES: usize = 65_536;
+/// Recently accessed key hashes kept per leader, to split a hot region where its load halves.
+const LOAD_SAMPLES: usize = 256;
+/// Fewer samples than this give no load-split point.
+const MIN_LOAD_SAMPLES: usize = 32;
 
 struct PendingWrite {
     index: u64,
@@ -89,8 +93,13 @@ pub struct PeerFsm {
     /// Regions this round's splits created here (persisted in the apply batch), and whether
     /// their peer here should campaign: the poller starts them once the batch is written.
     pub split_created: Vec<(u64, bool)>,
-    /// User data bytes applied since start (see `RegionStatus::written_bytes`).
+    /// User data bytes and keys applied, and keys read here as leader, since start (see
+    /// `RegionStatus`).
     written_bytes: u64,
+    written_keys: u64,
+    read_keys: u64,
+    /// Hashes of the most recently accessed keys (as leader): where a split halves the load.
+    recent_hashes: VecDeque<u64>,
     pending_writes: VecDeque<PendingWrite>,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
@@ -187,6 +196,9 @@ impl PeerFsm {
             last_pending: Vec::new(),
             split_created: Vec::new(),
             written_bytes: 0,
+            written_keys: 0,
+            read_keys: 0,
+            recent_hashes: VecDeque::with_capacity(LOAD_SAMPLES),
             pending_writes: VecDeque::new(),
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
@@ -646,6 +658,9 @@ impl PeerFsm {
             let _ = reply.send(msg::server_is_busy("too many writes in flight", 50));
             return;
         }
+        for op in &ops {
+            self.sample_access(&op.key);
+        }
         let cmd = RaftCmd {
             request_id,
             region_id: self.region_id(),
@@ -684,7 +699,27 @@ impl PeerFsm {
             let _ = reply.send(msg::server_is_busy("too many reads in flight", 50));
             return;
         }
+        self.sample_access(&key);
         self.new_reads.push(PendingRead { key, reply });
+    }
+
+    fn sample_access(&mut self, key: &[u8]) {
+        if self.recent_hashes.len() == LOAD_SAMPLES {
+            self.recent_hashes.pop_front();
+        }
+        self.recent_hashes.push_back(keys::key_hash(key));
+    }
+
+    /// The hash that splits the recent accesses in half, if there are enough of them and it
+    /// lies strictly inside the region.
+    fn load_middle_hash(&self) -> Option<u64> {
+        if self.recent_hashes.len() < MIN_LOAD_SAMPLES {
+            return None;
+        }
+        let mut hashes: Vec<u64> = self.recent_hashes.iter().copied().collect();
+        hashes.sort_unstable();
+        let middle = hashes[hashes.len() / 2];
+        strictly_inside(self.region(), middle).then_some(middle)
     }
 
     /// Gives this round's reads to raft as one ReadIndex request. raft-rs silently ignores
@@ -732,6 +767,7 @@ impl PeerFsm {
                     let _ = read.reply.send(err);
                     continue;
                 }
+                self.read_keys += 1;
                 let response = match self.engine.get_user_value(&read.key) {
                     Ok(value) => msg::get_result(value),
                     Err(err) => msg::other_error(format!("read failed: {err}")),
@@ -1002,6 +1038,7 @@ impl PeerFsm {
         for op in &cmd.ops {
             let key = keys::data_key(&op.key);
             self.written_bytes += (op.key.len() + op.value.len()) as u64;
+            self.written_keys += 1;
             if op.delete {
                 batch.delete(&self.engine, CF_DEFAULT, &key)?;
                 staged.record(&op.key, None);
@@ -1252,6 +1289,9 @@ impl PeerFsm {
             last_index: store.last_log_index(),
             snapshots_applied: self.snapshots_applied,
             written_bytes: self.written_bytes,
+            written_keys: self.written_keys,
+            read_keys: self.read_keys,
+            load_middle_hash: self.load_middle_hash().unwrap_or(0),
             pending_peers: self
                 .pending_peer_ids()
                 .into_iter()

@@ -42,14 +42,19 @@ pub enum Membership {
 
 /// Default size past which a region is split (TiKV's default too).
 pub const DEFAULT_REGION_SPLIT_SIZE: u64 = 96 * 1024 * 1024;
+/// Default key count past which a region is split (TiKV's default too).
+pub const DEFAULT_REGION_SPLIT_KEYS: u64 = 960_000;
+/// Default sustained load (keys read + written per second) past which a region is split.
+pub const DEFAULT_REGION_SPLIT_LOAD: u64 = 3_000;
+
+pub use placement::SplitPolicy;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub membership: Membership,
-    /// A region this node leads is split (placement mode) once its data exceeds this many
-    /// bytes; 0 turns automatic splitting off.
-    pub region_split_size: u64,
+    /// When a region this node leads is split on its own (placement mode).
+    pub split: placement::SplitPolicy,
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub initial_regions: u64,
@@ -277,7 +282,7 @@ impl Node {
                     locator,
                     engine: engine.clone(),
                     data_dir: cfg.data_dir.clone(),
-                    split_size: cfg.region_split_size,
+                    split: cfg.split,
                     measured: Default::default(),
                 };
                 Some(tokio::spawn(heartbeats.run(*heartbeat_interval)))

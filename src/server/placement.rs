@@ -20,9 +20,10 @@ use crate::proto::placementpb::placement_client::PlacementClient;
 use crate::proto::placementpb::{
     AllocIdRequest, AskSplitRequest, BootstrapRequest, ChangePeerType, GetAllStoresRequest,
     GetClusterInfoRequest, PutStoreRequest, RegionHeartbeatRequest, RegionHeartbeatResponse,
-    RegionStats, RequestHeader, ScanRegionsRequest, StoreHeartbeatRequest, StoreStats,
+    RegionStats, RequestHeader, ScanRegionsRequest, SnapshotProgress, StoreHeartbeatRequest,
+    StoreStats,
 };
-use crate::raftstore::{self, ChangePeer, Command, PeerMsg};
+use crate::raftstore::{self, ChangePeer, Command, PeerMsg, RegionStatus};
 use crate::region::split_ring_evenly;
 use crate::transport::Transport;
 
@@ -335,23 +336,42 @@ pub struct Heartbeats {
     pub engine: Engine,
     /// Where the data lives: its file system's capacity is reported.
     pub data_dir: std::path::PathBuf,
-    /// Split a led region past this many bytes of data (0: never on our own).
-    pub split_size: u64,
-    /// The last measurement of each led region's data (the split check).
+    /// When a led region is split on this node's own initiative.
+    pub split: SplitPolicy,
+    /// The last measurement of each led region's data and load (the split check).
     pub measured: parking_lot::Mutex<HashMap<u64, Measured>>,
 }
 
-/// One region's data as last measured, and what was applied there since.
+/// Thresholds past which a region this node leads is split (each 0 = off).
 #[derive(Clone, Copy, Debug, Default)]
+pub struct SplitPolicy {
+    /// Bytes of data (keys + values): split where the data halves.
+    pub size_bytes: u64,
+    /// Number of keys: split where the data halves.
+    pub keys: u64,
+    /// Keys read + written per second, sustained for `LOAD_SPLIT_ROUNDS` heartbeats: split
+    /// where the recent accesses halve.
+    pub load_keys_per_sec: u64,
+}
+
+/// One region's data as last measured, and its load since the last heartbeat.
+#[derive(Clone, Copy, Debug)]
 pub struct Measured {
-    /// The region's `written_bytes` when measured.
+    /// The region's `written_bytes` and `written_keys` when measured.
     written_at: u64,
+    written_keys_at: u64,
     version: u64,
     stats: RegionDataStats,
+    /// Counters and time of the previous heartbeat, for rates.
+    last_report: (Instant, u64, u64, u64),
+    /// Consecutive heartbeats with load over the load-split threshold.
+    hot_rounds: u32,
     /// When this node last asked to split the region (at `version`).
     split_asked: Option<Instant>,
 }
 
+/// Heartbeats in a row with load over the threshold before a load split.
+const LOAD_SPLIT_ROUNDS: u32 = 3;
 /// A region is measured again once this share of the split size was written since.
 const REMEASURE_FRACTION: u64 = 8;
 /// Without automatic splits, regions are measured again after this many bytes written.
@@ -442,20 +462,32 @@ impl Heartbeats {
                 .iter()
                 .filter_map(|p| region.peers.iter().find(|r| r.id == p.id).copied())
                 .collect();
-            let stats = self.measure(&region, status.written_bytes).await;
+            let (stats, split) = self.measure(&region, status).await;
+            let snapshots = self
+                .transport
+                .snapshot_progress(region.id)
+                .into_iter()
+                .map(|(peer_id, sent_bytes, total_bytes)| SnapshotProgress {
+                    peer_id,
+                    sent_bytes,
+                    total_bytes,
+                })
+                .collect();
             let request = RegionHeartbeatRequest {
                 header: link.header(),
                 region: Some(region.clone()),
                 leader,
                 term: status.term,
-                stats: Some(RegionStats {
-                    approximate_size_bytes: stats.size_bytes,
-                    approximate_keys: stats.keys,
-                    ..Default::default()
-                }),
+                stats: Some(stats),
                 pending_peers,
+                snapshots,
             };
-            match client.region_heartbeat(request).await {
+            let answer = client.region_heartbeat(request).await;
+            if let Some((split_hash, why)) = split {
+                self.split_on_our_own(&region, split_hash, &why).await;
+                continue; // the region is changing; placement's step waits for its next report
+            }
+            match answer {
                 Ok(response) => self.execute(&region, response.into_inner()).await,
                 // A refused report (e.g. placement knows a newer epoch) is placement's call;
                 // the next heartbeat reports again.
@@ -467,38 +499,56 @@ impl Heartbeats {
         Ok(())
     }
 
-    /// The region's data size and key count: measured again (off the async threads) when it
-    /// changed shape or enough was written since the last time, estimated otherwise. A region
-    /// past the split size is split where its data halves, with ids asked from placement.
-    async fn measure(&self, region: &Region, written_bytes: u64) -> RegionDataStats {
+    /// The region's size, keys and load rates for its heartbeat. Size and keys are measured
+    /// again (off the async threads) when it changed shape or enough was written since the
+    /// last time, estimated otherwise. A region past a split threshold (see [`SplitPolicy`])
+    /// is split, with ids asked from placement.
+    async fn measure(
+        &self,
+        region: &Region,
+        status: &RegionStatus,
+    ) -> (RegionStats, Option<(u64, String)>) {
         let version = region.epoch.unwrap_or_default().version;
-        let remeasure_after = if self.split_size > 0 {
-            (self.split_size / REMEASURE_FRACTION).max(1)
+        let policy = self.split;
+        let remeasure_after = if policy.size_bytes > 0 {
+            (policy.size_bytes / REMEASURE_FRACTION).max(1)
         } else {
             REMEASURE_BYTES_NO_SPLIT
         };
-        let last = self.measured.lock().get(&region.id).copied();
-        let split_due = |m: &Measured, size: u64| {
-            self.split_size > 0
-                && size > self.split_size
-                && m.split_asked
-                    .is_none_or(|asked| asked.elapsed() >= SPLIT_RETRY)
+        let now = Instant::now();
+        let last = self
+            .measured
+            .lock()
+            .get(&region.id)
+            .copied()
+            .filter(|m| m.version == version);
+        let since = |m: &Measured| {
+            (
+                status.written_bytes.saturating_sub(m.written_at),
+                status.written_keys.saturating_sub(m.written_keys_at),
+            )
         };
-        let fresh = match last {
+        let over_size = |size: u64, keys: u64| {
+            (policy.size_bytes > 0 && size > policy.size_bytes)
+                || (policy.keys > 0 && keys > policy.keys)
+        };
+        let split_allowed = |m: Option<&Measured>| {
+            m.and_then(|m| m.split_asked)
+                .is_none_or(|asked| asked.elapsed() >= SPLIT_RETRY)
+        };
+        let mut measured = match last {
             Some(m)
-                if m.version == version
-                && written_bytes.saturating_sub(m.written_at) < remeasure_after
-                // An estimate past the split size is checked by measuring.
-                && !split_due(&m, m.stats.size_bytes + written_bytes.saturating_sub(m.written_at)) =>
+                if since(&m).0 < remeasure_after
+                    // An estimate past a threshold is checked by measuring.
+                    && !(over_size(m.stats.size_bytes + since(&m).0, m.stats.keys + since(&m).1)
+                        && split_allowed(Some(&m))) =>
             {
-                let mut estimate = m.stats;
-                estimate.size_bytes += written_bytes.saturating_sub(m.written_at);
-                return estimate;
+                m
             }
             _ => {
                 let engine = self.engine.clone();
                 let (start, end) = (region.start_hash, region.end_hash);
-                match tokio::task::spawn_blocking(move || {
+                let stats = match tokio::task::spawn_blocking(move || {
                     engine.region_data_stats(start, end, false)
                 })
                 .await
@@ -506,29 +556,91 @@ impl Heartbeats {
                     Ok(Ok(stats)) => stats,
                     Ok(Err(error)) => {
                         tracing::warn!(region = region.id, %error, "measuring region data failed");
-                        return last.map(|m| m.stats).unwrap_or_default();
+                        last.map(|m| m.stats).unwrap_or_default()
                     }
-                    Err(_) => return last.map(|m| m.stats).unwrap_or_default(),
+                    Err(_) => last.map(|m| m.stats).unwrap_or_default(),
+                };
+                Measured {
+                    written_at: status.written_bytes,
+                    written_keys_at: status.written_keys,
+                    version,
+                    stats,
+                    last_report: last.map_or(
+                        (
+                            now,
+                            status.written_bytes,
+                            status.written_keys,
+                            status.read_keys,
+                        ),
+                        |m| m.last_report,
+                    ),
+                    hot_rounds: last.map_or(0, |m| m.hot_rounds),
+                    split_asked: last.and_then(|m| m.split_asked),
                 }
             }
         };
-        let mut measured = Measured {
-            written_at: written_bytes,
-            version,
-            stats: fresh,
-            split_asked: last
-                .filter(|m| m.version == version)
-                .and_then(|m| m.split_asked),
+        // Rates over the time since the previous heartbeat.
+        let (then, bytes_then, keys_then, reads_then) = measured.last_report;
+        let secs = now.duration_since(then).as_secs_f64().max(0.001);
+        let per_sec = |delta: u64| (delta as f64 / secs) as u64;
+        let written_bytes_per_sec = per_sec(status.written_bytes.saturating_sub(bytes_then));
+        let written_keys_per_sec = per_sec(status.written_keys.saturating_sub(keys_then));
+        let read_keys_per_sec = per_sec(status.read_keys.saturating_sub(reads_then));
+        measured.last_report = (
+            now,
+            status.written_bytes,
+            status.written_keys,
+            status.read_keys,
+        );
+        let load = written_keys_per_sec + read_keys_per_sec;
+        measured.hot_rounds = if policy.load_keys_per_sec > 0 && load >= policy.load_keys_per_sec {
+            measured.hot_rounds + 1
+        } else {
+            0
         };
-        if fresh.keys >= 2 && split_due(&measured, fresh.size_bytes) {
-            measured.split_asked = Some(Instant::now());
-            self.split_on_our_own(region, fresh.size_bytes).await;
-        }
+        let (size, keys) = {
+            let (bytes, written) = since(&measured);
+            (
+                measured.stats.size_bytes + bytes,
+                measured.stats.keys + written,
+            )
+        };
+        let fresh = measured.written_at == status.written_bytes;
+        let split = if fresh && measured.stats.keys >= 2 && over_size(size, keys) {
+            Some((0, format!("{size} bytes, {keys} keys")))
+        } else if measured.hot_rounds >= LOAD_SPLIT_ROUNDS && status.load_middle_hash != 0 {
+            Some((
+                status.load_middle_hash,
+                format!("{load} keys/s for {} heartbeats", measured.hot_rounds),
+            ))
+        } else {
+            None
+        };
+        let split = split.filter(|_| split_allowed(Some(&measured)));
         self.measured.lock().insert(region.id, measured);
-        fresh
+        let stats = RegionStats {
+            approximate_size_bytes: size,
+            approximate_keys: keys,
+            written_bytes_per_sec,
+            written_keys_per_sec,
+            read_keys_per_sec,
+        };
+        (stats, split)
     }
 
-    async fn split_on_our_own(&self, region: &Region, size: u64) {
+    /// Splits `region` (after its heartbeat, so placement knows it) with ids from placement;
+    /// once proposed, it is not asked again for `SPLIT_RETRY` unless the region changes.
+    async fn split_on_our_own(&self, region: &Region, split_hash: u64, why: &str) {
+        if !self.try_split(region, split_hash, why).await {
+            return; // asked again at the next heartbeat
+        }
+        if let Some(m) = self.measured.lock().get_mut(&region.id) {
+            m.split_asked = Some(Instant::now());
+            m.hot_rounds = 0;
+        }
+    }
+
+    async fn try_split(&self, region: &Region, split_hash: u64, why: &str) -> bool {
         let mut client = self.link.client.clone();
         let ids = match client
             .ask_split(AskSplitRequest {
@@ -540,48 +652,52 @@ impl Heartbeats {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 tracing::info!(region = region.id, error = %status.message(), "placement refused split ids");
-                return;
+                return false;
             }
         };
         tracing::info!(
             region = region.id,
-            size_bytes = size,
-            split_size = self.split_size,
-            "region past the split size; splitting"
+            why,
+            "region past a split threshold; splitting"
         );
         let (reply, rx) = tokio::sync::oneshot::channel();
         let command = Command::Split {
             epoch: region.epoch.unwrap_or_default(),
-            split_hash: 0,
+            split_hash,
             new_region_id: ids.new_region_id,
             new_peer_ids: ids.new_peer_ids,
             reply,
         };
-        self.send_to_region(region, command, rx).await;
+        self.send_to_region(region, command, rx).await
     }
 
+    /// Hands `command` to the region's peer; true when it answered that it proposed it.
     async fn send_to_region(
         &self,
         region: &Region,
         command: Command,
         reply_rx: tokio::sync::oneshot::Receiver<crate::proto::kvpb::KvResponse>,
-    ) {
+    ) -> bool {
         if self
             .kv
             .router()
             .send(region.id, PeerMsg::Command(command))
             .is_err()
         {
-            return;
+            return false;
         }
         match tokio::time::timeout(CALL_TIMEOUT, reply_rx).await {
             Ok(Ok(answer)) => match answer.result {
-                Some(kv_response::Result::Done(_)) => {}
+                Some(kv_response::Result::Done(_)) => true,
                 other => {
-                    tracing::info!(region = region.id, answer = ?other, "operator step not taken now")
+                    tracing::info!(region = region.id, answer = ?other, "operator step not taken now");
+                    false
                 }
             },
-            _ => tracing::debug!(region = region.id, "operator step unanswered"),
+            _ => {
+                tracing::debug!(region = region.id, "operator step unanswered");
+                false
+            }
         }
     }
 

@@ -181,6 +181,8 @@ struct Shared {
         parking_lot::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     outgoing_snapshot_slots: Arc<Semaphore>,
     incoming_snapshot_slots: Arc<Semaphore>,
+    /// Snapshots being streamed out: (region, to peer) → (bytes sent, file size).
+    snapshot_progress: parking_lot::Mutex<HashMap<(u64, u64), (u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -238,6 +240,7 @@ impl Transport {
             connections: parking_lot::Mutex::new(HashMap::new()),
             outgoing_snapshot_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_OUTGOING_SNAPSHOTS)),
             incoming_snapshot_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_INCOMING_SNAPSHOTS)),
+            snapshot_progress: parking_lot::Mutex::new(HashMap::new()),
         });
         shared
             .runtime
@@ -364,6 +367,17 @@ impl Transport {
         if previous.is_some() {
             self.shared.connections.lock().remove(&store_id);
         }
+    }
+
+    /// The snapshots of `region_id` being streamed right now: (to peer, bytes sent, total).
+    pub fn snapshot_progress(&self, region_id: u64) -> Vec<(u64, u64, u64)> {
+        self.shared
+            .snapshot_progress
+            .lock()
+            .iter()
+            .filter(|((region, _), _)| *region == region_id)
+            .map(|((_, peer), (sent, total))| (*peer, *sent, *total))
+            .collect()
     }
 
     /// True when the transport knows where `store_id` listens.

@@ -86,18 +86,28 @@ async fn stream_snapshot(
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(io_error(&path))?;
+    // Progress for placement (and `kvctl move-region --wait`), cleared however this ends.
+    let key = (
+        message.region_id,
+        message.to_peer.as_ref().map_or(0, |p| p.id),
+    );
+    let progress = ProgressGuard { shared, key };
+    progress.set(0, meta.size_bytes);
 
     let connection = shared.connection_to(store_id).await?;
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(&[StreamKind::Snapshot as u8]).await?;
     frame::write_frame(&mut send, message).await?;
     let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    let mut sent = 0u64;
     loop {
         let read_bytes = file.read(&mut chunk).await.map_err(io_error(&path))?;
         if read_bytes == 0 {
             break;
         }
         send.write_all(&chunk[..read_bytes]).await?;
+        sent += read_bytes as u64;
+        progress.set(sent, meta.size_bytes);
     }
     send.finish()?;
 
@@ -109,6 +119,27 @@ async fn stream_snapshot(
         return Err(snapshot_error(&meta.file_name, "the receiver rejected it"));
     }
     Ok(())
+}
+
+/// One outgoing snapshot's entry in `Shared::snapshot_progress`, removed on drop.
+struct ProgressGuard<'a> {
+    shared: &'a Shared,
+    key: (u64, u64),
+}
+
+impl ProgressGuard<'_> {
+    fn set(&self, sent: u64, total: u64) {
+        self.shared
+            .snapshot_progress
+            .lock()
+            .insert(self.key, (sent, total));
+    }
+}
+
+impl Drop for ProgressGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.snapshot_progress.lock().remove(&self.key);
+    }
 }
 
 /// Serves one incoming snapshot stream (its kind byte already read).
