@@ -11,7 +11,8 @@
 //! * `hot` — the hot-region scheduler: leadership of hot regions off the most loaded store.
 //! * `operator` — scheduling steps and goals in flight, judged by the regions' own reports.
 //! * `service` — the gRPC `Placement` service over the state.
-//! * `server` — runs gRPC plus `/status` and `/metrics` over HTTP.
+//! * `server` — runs gRPC plus `/status`, `/metrics` and the `/ring` page (`ring.html`) over
+//!   HTTP.
 //! * `units` — byte counts as people read them.
 
 mod balance;

@@ -1,5 +1,5 @@
-//! Runs placement: the gRPC service on one address, `/status` and `/metrics` over HTTP on
-//! another, both stopped by [`RunningPlacement::shutdown`].
+//! Runs placement: the gRPC service on one address, `/status`, `/metrics` and the `/ring`
+//! page over HTTP on another, both stopped by [`RunningPlacement::shutdown`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
@@ -28,7 +28,7 @@ use crate::state::{ClusterState, PlacementConfig};
 pub struct ServeConfig {
     /// gRPC address (port 0 picks one; see [`RunningPlacement::grpc_addr`]).
     pub listen: SocketAddr,
-    /// HTTP address for `/status` and `/metrics`; `None` serves no HTTP.
+    /// HTTP address for `/status`, `/metrics` and `/ring`; `None` serves no HTTP.
     pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub placement: PlacementConfig,
@@ -112,6 +112,8 @@ pub async fn start(
         let (stop_http, stopped) = oneshot::channel::<()>();
         stop.push(stop_http);
         let app = axum::Router::new()
+            .route("/", get(|| async { Redirect::temporary("/ring") }))
+            .route("/ring", get(ring_page))
             .route("/status", get(status))
             .route("/metrics", get(render_metrics))
             .route("/health", get(|| async { "ok" }))
@@ -234,6 +236,9 @@ async fn status(State(http): State<HttpState>) -> Response {
         "cluster_id": state.cluster_id(),
         "bootstrapped": state.is_bootstrapped(),
         "max_replicas": state.config().max_replicas,
+        // What the ring page scales its load colors by (0: that load never makes a region hot).
+        "hot_region_write_bytes_per_sec": state.config().hot_region_write_bytes_per_sec,
+        "hot_region_read_keys_per_sec": state.config().hot_region_read_keys_per_sec,
         "stores": stores,
         "regions": regions,
         "operators": operators,
@@ -246,6 +251,14 @@ async fn status(State(http): State<HttpState>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// The page an operator looks at first: the ring drawn from `/status`, which it polls. It is
+/// static (all drawing happens in the browser), so it is compiled in and served as is.
+const RING_PAGE: &str = include_str!("ring.html");
+
+async fn ring_page() -> Response {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(RING_PAGE)).into_response()
 }
 
 async fn render_metrics(State(http): State<HttpState>) -> Response {
@@ -273,6 +286,14 @@ async fn render_metrics(State(http): State<HttpState>) -> Response {
         metrics::gauge!("ringkv_placement_regions").set(state.region_count() as f64);
         metrics::gauge!("ringkv_placement_regions_stuck_joint")
             .set(state.stuck_joint_regions(now).len() as f64);
+        let oldest_ms = state
+            .operators(now)
+            .iter()
+            .map(|op| op.age_ms)
+            .max()
+            .unwrap_or(0);
+        metrics::gauge!("ringkv_placement_oldest_operator_age_seconds")
+            .set(oldest_ms as f64 / 1000.0);
     }
     (
         StatusCode::OK,

@@ -842,8 +842,50 @@ async fn a_draining_store_shows_as_offline() {
     placement.shutdown().await;
 }
 
-/// A minimal HTTP/1.0 GET (keeps the placement tests free of an HTTP client dependency).
+#[tokio::test]
+async fn ring_page_is_served_and_the_root_leads_to_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let placement = start(dir.path()).await;
+    let http = placement.http_addr().expect("HTTP address");
+    let (head, page) = http_request(http, "/ring").await;
+    let head = head.to_ascii_lowercase();
+    assert_eq!(status_code(&head), "200", "{head}");
+    assert!(
+        head.contains("content-type: text/html"),
+        "the ring page is HTML: {head}"
+    );
+    assert!(
+        page.contains(r#"STATUS_URL = "./status""#),
+        "the page draws from /status, relatively so that it works behind a path prefix"
+    );
+    assert!(
+        page.contains(r#"class: "region""#) && page.contains("data-region-id"),
+        "the page draws every region as <path class=\"region\" data-region-id=...>"
+    );
+    let (head, _) = http_request(http, "/").await;
+    let head = head.to_ascii_lowercase();
+    assert_eq!(status_code(&head), "307", "/ redirects: {head}");
+    assert!(
+        head.contains("location: /ring"),
+        "/ leads to the ring page: {head}"
+    );
+    placement.shutdown().await;
+}
+
+fn status_code(head: &str) -> &str {
+    head.split_whitespace().nth(1).unwrap_or("")
+}
+
+/// A minimal HTTP/1.0 GET of a page that must answer 200; returns its body.
 async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let (head, body) = http_request(addr, path).await;
+    assert_eq!(status_code(&head), "200", "GET {path}: {head}");
+    body
+}
+
+/// A minimal HTTP/1.0 GET (keeps the placement tests free of an HTTP client dependency);
+/// returns the status line with the headers, and the body.
+async fn http_request(addr: SocketAddr, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
@@ -853,9 +895,5 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_owned()
+    (head.to_owned(), body.to_owned())
 }

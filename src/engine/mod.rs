@@ -27,6 +27,8 @@ pub const CF_RAFT: &str = "raft";
 /// Name of the column family holding per-region raft, apply and region state.
 pub const CF_META: &str = "meta";
 const ALL_CFS: [&str; 3] = [CF_DEFAULT, CF_RAFT, CF_META];
+/// Every column family, for status pages and metrics.
+pub const CF_NAMES: [&str; 3] = ALL_CFS;
 
 /// Errors from the engine. A failed write is fatal to the node (crash-stop, see raftstore).
 #[derive(Debug, thiserror::Error)]

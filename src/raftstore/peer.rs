@@ -417,6 +417,7 @@ impl PeerFsm {
         };
         match self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
             Ok(()) => {
+                metrics::counter!("ringkv_raft_proposals_total", "kind" => "split").increment(1);
                 tracing::info!(
                     region = region_id,
                     split_hash,
@@ -554,6 +555,8 @@ impl PeerFsm {
         cc.set_context(context.encode_to_vec().into());
         match self.raw.propose_conf_change(Vec::new(), cc) {
             Ok(()) => {
+                metrics::counter!("ringkv_raft_proposals_total", "kind" => "conf_change")
+                    .increment(1);
                 tracing::info!(
                     region = self.region_id(),
                     ?change,
@@ -674,6 +677,7 @@ impl PeerFsm {
             let _ = reply.send(msg::server_is_busy(&format!("proposal dropped: {err}"), 50));
             return;
         }
+        metrics::counter!("ringkv_raft_proposals_total", "kind" => "write").increment(1);
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
         debug_assert!(self.pending_writes.back().is_none_or(|w| w.index < index));
@@ -742,6 +746,9 @@ impl PeerFsm {
         let id = self.next_read_batch_id;
         self.next_read_batch_id += 1;
         self.raw.read_index(id.to_be_bytes().to_vec());
+        metrics::counter!("ringkv_raft_read_index_total").increment(1);
+        metrics::histogram!("ringkv_raft_read_index_batch_reads")
+            .record(self.new_reads.len() as f64);
         self.read_batches.push_back(ReadBatch {
             id,
             read_index: None,

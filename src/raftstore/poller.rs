@@ -385,7 +385,12 @@ impl Poller {
         }
         self.flush_outbox(&mut outbox);
         fail::fail_point!("apply_before_write");
+        let started = Instant::now();
+        let apply_bytes = apply_batch.size_bytes();
         self.engine.write(apply_batch, false)?;
+        metrics::histogram!("ringkv_raft_apply_write_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("ringkv_raft_apply_write_size_bytes").record(apply_bytes as f64);
         fail::fail_point!("apply_after_write");
         let acknowledged = replies.len();
         for (reply, response) in replies {

@@ -57,6 +57,8 @@ pub struct HttpState {
     pub store_id: u64,
     pub raft_addr: String,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Its file system's capacity and free space are exported.
+    pub data_dir: std::path::PathBuf,
 }
 
 pub fn router(state: HttpState) -> axum::Router {
@@ -384,17 +386,65 @@ pub async fn collect_region_status(kv: &KvService, timeout: Duration) -> Vec<Reg
 
 async fn metrics_handler(State(state): State<HttpState>) -> Response {
     match &state.metrics {
-        Some(handle) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            refresh_store_gauges(&state).await;
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response()
+        }
         None => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             "metrics are not enabled",
         ),
+    }
+}
+
+/// Point-in-time figures, computed when scraped: regions and leaders here, the largest gap
+/// between a region's commit and apply index, and RocksDB's memtable, SST and pending
+/// compaction bytes per column family. Labelled by store (several stores may share one
+/// process, as in `ringkv demo`).
+async fn refresh_store_gauges(state: &HttpState) {
+    let store = state.store_id.to_string();
+    let statuses = collect_region_status(&state.kv, Duration::from_secs(2)).await;
+    let leaders = statuses.iter().filter(|s| s.is_leader).count();
+    let leaderless = statuses.iter().filter(|s| s.leader_peer_id == 0).count();
+    metrics::gauge!("ringkv_store_regions_without_leader", "store" => store.clone())
+        .set(leaderless as f64);
+    if let Ok(fs) = rustix::fs::statvfs(&state.data_dir) {
+        metrics::gauge!("ringkv_store_capacity_bytes", "store" => store.clone())
+            .set((fs.f_blocks * fs.f_frsize) as f64);
+        metrics::gauge!("ringkv_store_available_bytes", "store" => store.clone())
+            .set((fs.f_bavail * fs.f_frsize) as f64);
+    }
+    let max_lag = statuses
+        .iter()
+        .map(|s| s.commit_index.saturating_sub(s.applied_index))
+        .max()
+        .unwrap_or(0);
+    metrics::gauge!("ringkv_store_regions", "store" => store.clone()).set(statuses.len() as f64);
+    metrics::gauge!("ringkv_store_leaders", "store" => store.clone()).set(leaders as f64);
+    metrics::gauge!("ringkv_raft_max_apply_lag_entries", "store" => store.clone())
+        .set(max_lag as f64);
+    let engine = state.kv.engine();
+    for cf in crate::engine::CF_NAMES {
+        for (metric, property) in [
+            (
+                "ringkv_rocksdb_memtable_bytes",
+                "rocksdb.cur-size-all-mem-tables",
+            ),
+            ("ringkv_rocksdb_sst_bytes", "rocksdb.total-sst-files-size"),
+            (
+                "ringkv_rocksdb_pending_compaction_bytes",
+                "rocksdb.estimate-pending-compaction-bytes",
+            ),
+        ] {
+            let value = engine.property_u64(cf, property).unwrap_or(0);
+            metrics::gauge!(metric, "store" => store.clone(), "cf" => cf).set(value as f64);
+        }
     }
 }
 

@@ -75,6 +75,10 @@ impl KvService {
         &self.router
     }
 
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }

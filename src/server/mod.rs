@@ -166,7 +166,29 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            // Histograms with buckets (not summaries), so they aggregate across nodes and
+            // `histogram_quantile` works in alerts and dashboards.
+            const SECONDS: [f64; 14] = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            const BYTES: [f64; 10] = [
+                256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+                16777216.0, 67108864.0,
+            ];
+            const COUNTS: [f64; 10] = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), &BYTES))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), &COUNTS)
+                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_reads".into()), &COUNTS))
+                .map_err(|err| tracing::warn!(%err, "metrics buckets not set"))
+                .ok()?
                 .install_recorder()
                 .map_err(|err| tracing::warn!(%err, "metrics recorder not installed"))
                 .ok()
@@ -296,6 +318,7 @@ impl Node {
             store_id,
             raft_addr: raft_addr.to_string(),
             metrics: metrics_handle(),
+            data_dir: cfg.data_dir.clone(),
         };
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await

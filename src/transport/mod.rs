@@ -441,6 +441,7 @@ impl Shared {
     }
 
     fn report_unreachable(&self, msg: &RaftMessage) {
+        metrics::counter!("ringkv_transport_messages_dropped_total").increment(1);
         let to_peer_id = msg.to_peer.as_ref().map_or(0, |peer| peer.id);
         self.inbox.report_unreachable(msg.region_id, to_peer_id);
     }

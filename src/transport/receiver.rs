@@ -74,6 +74,9 @@ async fn receive_raft_batches(shared: Arc<Shared>, mut recv: quinn::RecvStream) 
     loop {
         match frame::read_frame::<RaftMessageBatch, _>(&mut recv).await {
             Ok(Some(batch)) => {
+                metrics::counter!("ringkv_transport_frames_received_total").increment(1);
+                metrics::counter!("ringkv_transport_messages_received_total")
+                    .increment(batch.messages.len() as u64);
                 for message in batch.messages {
                     shared.inbox.deliver(message);
                 }

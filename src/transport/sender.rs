@@ -56,6 +56,7 @@ pub(super) async fn run(
         };
         in_outage = false;
         tracing::info!(store_id, remote = %connection.remote_address(), "connected to store");
+        metrics::counter!("ringkv_transport_connects_total").increment(1);
         let connected_at = Instant::now();
         match pump_batches(&shared, &connection, &mut queue).await {
             Ok(()) => return,
@@ -94,6 +95,13 @@ async fn pump_batches(
         };
         let batch = collect_batch(first, queue);
         let Err(error) = frame::write_frame(&mut stream, &batch).await else {
+            let bytes = prost::Message::encoded_len(&batch);
+            metrics::counter!("ringkv_transport_frames_sent_total").increment(1);
+            metrics::counter!("ringkv_transport_messages_sent_total")
+                .increment(batch.messages.len() as u64);
+            metrics::counter!("ringkv_transport_sent_bytes_total").increment(bytes as u64);
+            metrics::histogram!("ringkv_transport_batch_messages")
+                .record(batch.messages.len() as f64);
             continue;
         };
         for message in &batch.messages {

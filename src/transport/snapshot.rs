@@ -107,6 +107,8 @@ async fn stream_snapshot(
         }
         send.write_all(&chunk[..read_bytes]).await?;
         sent += read_bytes as u64;
+        metrics::counter!("ringkv_transport_snapshot_sent_bytes_total")
+            .increment(read_bytes as u64);
         progress.set(sent, meta.size_bytes);
     }
     send.finish()?;
