@@ -138,6 +138,10 @@ struct NodeArgs {
     /// Raft poller threads.
     #[arg(long, default_value_t = 1)]
     pollers: usize,
+    /// Refuse client writes (HTTP 507 disk_full) while the data dir's file system has less
+    /// free space than this; they resume once space is freed. 0 = never refuse.
+    #[arg(long, default_value_t = ringkv::server::DEFAULT_RESERVE_SPACE_BYTES)]
+    reserve_space_bytes: u64,
     /// With --placement: split a region this node leads once its data exceeds this many
     /// bytes (where the data halves); 0 = never on size.
     #[arg(long, default_value_t = ringkv::server::DEFAULT_REGION_SPLIT_SIZE)]
@@ -242,6 +246,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         heartbeat_ticks: args.heartbeat_ticks.max(1),
         raft_log_gc_threshold: args.raft_log_gc_threshold.max(1),
         pollers: args.pollers.max(1),
+        reserve_space_bytes: args.reserve_space_bytes,
         split: ringkv::server::SplitPolicy {
             size_bytes: args.region_split_size_bytes,
             keys: args.region_split_keys,

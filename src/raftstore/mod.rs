@@ -52,6 +52,9 @@ pub struct StoreConfig {
     pub mailbox_capacity: usize,
     /// Where snapshot files are generated and received.
     pub snap_dir: PathBuf,
+    /// Set while this store's disk is below its reserved free space (kept current by the
+    /// server's disk monitor): client writes to regions with a replica here are refused.
+    pub disk_low: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StoreConfig {
@@ -65,6 +68,7 @@ impl StoreConfig {
             pollers: 1,
             mailbox_capacity: 65_536,
             snap_dir,
+            disk_low: Arc::default(),
         }
     }
 }

@@ -214,6 +214,15 @@ pub fn cas_result(succeeded: bool, current: Option<Bytes>) -> KvResponse {
     }
 }
 
+pub fn disk_full(store_id: u64, message: String) -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::DiskFull(kvpb::DiskFull {
+            store_id,
+            message,
+        })),
+    }
+}
+
 pub fn other_error(message: String) -> KvResponse {
     KvResponse {
         result: Some(kvpb::kv_response::Result::OtherError(message)),

@@ -100,6 +100,10 @@ pub struct PeerFsm {
     read_keys: u64,
     /// Hashes of the most recently accessed keys (as leader): where a split halves the load.
     recent_hashes: VecDeque<u64>,
+    /// This store's disk-low flag (shared), and the stores of other peers whose last message
+    /// said their disk is low.
+    disk_low: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    low_disk_stores: std::collections::HashSet<u64>,
     pending_writes: VecDeque<PendingWrite>,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
@@ -199,6 +203,8 @@ impl PeerFsm {
             written_keys: 0,
             read_keys: 0,
             recent_hashes: VecDeque::with_capacity(LOAD_SAMPLES),
+            disk_low: cfg.disk_low.clone(),
+            low_disk_stores: std::collections::HashSet::new(),
             pending_writes: VecDeque::new(),
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
@@ -255,6 +261,7 @@ impl PeerFsm {
             region_epoch: Some(self.epoch()),
             message: Bytes::new(),
             is_tombstone: true,
+            disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -284,6 +291,11 @@ impl PeerFsm {
     pub fn step(&mut self, message: RaftMessage) {
         if let Some(from) = message.from_peer {
             self.peer_cache.insert(from.id, from);
+            if message.disk_low {
+                self.low_disk_stores.insert(from.store_id);
+            } else {
+                self.low_disk_stores.remove(&from.store_id);
+            }
         }
         if message.to_peer.as_ref().map(|p| p.id) != Some(self.peer.id) {
             tracing::debug!(
@@ -661,6 +673,10 @@ impl PeerFsm {
             let _ = reply.send(msg::server_is_busy("too many writes in flight", 50));
             return;
         }
+        if let Some(refusal) = self.disk_refusal() {
+            let _ = reply.send(refusal);
+            return;
+        }
         for op in &ops {
             self.sample_access(&op.key);
         }
@@ -705,6 +721,34 @@ impl PeerFsm {
         }
         self.sample_access(&key);
         self.new_reads.push(PendingRead { key, reply });
+    }
+
+    /// A client write must not go ahead while a store holding the region is below its
+    /// reserved free space: appending to the log there could fail, and a failed write stops
+    /// that node. Raft's own traffic (heartbeats, elections) continues.
+    fn disk_refusal(&self) -> Option<KvResponse> {
+        let region_id = self.region_id();
+        if self.disk_low.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(msg::disk_full(
+                self.peer.store_id,
+                format!(
+                    "store {} is low on disk; region {region_id} refuses writes",
+                    self.peer.store_id
+                ),
+            ));
+        }
+        let low = self
+            .region()
+            .peers
+            .iter()
+            .find(|p| self.low_disk_stores.contains(&p.store_id))?;
+        Some(msg::disk_full(
+            low.store_id,
+            format!(
+                "store {} (a replica of region {region_id}) is low on disk; writes refused",
+                low.store_id
+            ),
+        ))
     }
 
     fn sample_access(&mut self, key: &[u8]) {
@@ -960,6 +1004,7 @@ impl PeerFsm {
                 region_epoch: region.epoch,
                 message: bytes.into(),
                 is_tombstone: false,
+                disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
             });
         }
     }

@@ -149,6 +149,9 @@ fn kv_response_to_http(response: KvResponse) -> Response {
             };
             error_response(StatusCode::SERVICE_UNAVAILABLE, code, &err.message)
         }
+        Some(kv_response::Result::DiskFull(full)) => {
+            error_response(StatusCode::INSUFFICIENT_STORAGE, "disk_full", &full.message)
+        }
         Some(kv_response::Result::OtherError(message)) => {
             error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &message)
         }

@@ -49,12 +49,18 @@ pub const DEFAULT_REGION_SPLIT_LOAD: u64 = 3_000;
 
 pub use placement::SplitPolicy;
 
+/// Default free space kept in reserve: writes stop before the disk fills up.
+pub const DEFAULT_RESERVE_SPACE_BYTES: u64 = 512 * 1024 * 1024;
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub membership: Membership,
     /// When a region this node leads is split on its own (placement mode).
     pub split: placement::SplitPolicy,
+    /// Client writes are refused while the data dir's file system has less free space than
+    /// this (0 = never).
+    pub reserve_space_bytes: u64,
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub initial_regions: u64,
@@ -161,6 +167,56 @@ impl crate::transport::ForwardHandler for LateForwardHandler {
     }
 }
 
+/// How often the free space of the data dir is checked.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keeps `disk_low` current: set while the data dir's file system has less than `reserve`
+/// bytes free (for unprivileged users), which makes the raftstore refuse client writes to
+/// every region with a replica here — long before RocksDB could fail a write for lack of
+/// space (which would stop the node). Cleared when space is freed.
+async fn watch_disk(
+    data_dir: PathBuf,
+    reserve: u64,
+    disk_low: Arc<std::sync::atomic::AtomicBool>,
+    store_id: u64,
+) {
+    use std::sync::atomic::Ordering;
+    if reserve == 0 {
+        return;
+    }
+    let mut ticker = tokio::time::interval(DISK_CHECK_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let Ok(fs) = rustix::fs::statvfs(&data_dir) else {
+            continue;
+        };
+        let available = fs.f_bavail * fs.f_frsize;
+        let low = available < reserve;
+        if low != disk_low.swap(low, Ordering::Relaxed) {
+            if low {
+                tracing::warn!(
+                    store = store_id,
+                    available,
+                    reserve,
+                    "disk almost full: refusing client writes until space is freed"
+                );
+            } else {
+                tracing::info!(
+                    store = store_id,
+                    available,
+                    reserve,
+                    "disk space back above the reserve: writes accepted again"
+                );
+            }
+        }
+        metrics::gauge!("ringkv_store_disk_low", "store" => store_id.to_string()).set(if low {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
 /// The process-wide Prometheus recorder (installed once; every node in the process shares it).
 pub fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -205,6 +261,7 @@ pub struct Node {
     transport: Transport,
     http: JoinHandle<()>,
     heartbeats: Option<JoinHandle<()>>,
+    disk_monitor: JoinHandle<()>,
     http_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -275,6 +332,12 @@ impl Node {
         store_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
         store_cfg.raft_log_gc_threshold = cfg.raft_log_gc_threshold;
         store_cfg.pollers = cfg.pollers;
+        let disk_monitor = tokio::spawn(watch_disk(
+            cfg.data_dir.clone(),
+            cfg.reserve_space_bytes,
+            store_cfg.disk_low.clone(),
+            store_id,
+        ));
         let sender = Arc::new(TransportSender(transport.clone()));
         let store = RaftStore::start(store_cfg, engine.clone(), initial, sender)?;
         let _ = inbox.0.set(store.router.clone());
@@ -349,6 +412,7 @@ impl Node {
             transport,
             http,
             heartbeats,
+            disk_monitor,
             http_shutdown: Some(http_shutdown),
         })
     }
@@ -362,6 +426,7 @@ impl Node {
         if let Some(heartbeats) = self.heartbeats.take() {
             heartbeats.abort();
         }
+        self.disk_monitor.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.http).await;
         let mut store = self.store;
         tokio::task::spawn_blocking(move || store.shutdown())

@@ -146,8 +146,11 @@ pub struct ClusterOptions {
     pub placement: bool,
     /// Extra flags for the placement process (e.g. `--max-store-down-time-secs 5`).
     pub placement_args: Vec<String>,
-    /// Extra flags for every node process (placement mode).
+    /// Extra flags for every node process.
     pub node_args: Vec<String>,
+    /// Data dirs for particular nodes (e.g. on a small file system), instead of one in the
+    /// cluster's temp dir.
+    pub node_data_dirs: BTreeMap<usize, PathBuf>,
     /// How many nodes `Cluster::start` starts (the rest with [`Cluster::restart`]); all if
     /// `None`.
     pub initial_nodes: Option<usize>,
@@ -658,7 +661,11 @@ impl Cluster {
             .map(|id| Node {
                 id,
                 http_addr: http_addrs[id - 1],
-                data_dir: dir.path().join(format!("data-{id}")),
+                data_dir: opts
+                    .node_data_dirs
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| dir.path().join(format!("data-{id}"))),
                 certs_dir: if opts.foreign_ca_nodes.contains(&id) {
                     foreign_certs_dir.clone()
                 } else {
@@ -878,6 +885,7 @@ impl Cluster {
                 args.push(value);
             }
         }
+        args.extend(self.opts.node_args.iter().cloned());
         args
     }
 
