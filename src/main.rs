@@ -16,6 +16,10 @@ use ringkv::transport::tls;
     about = "A multi-raft, hash-sharded, replicated key-value store"
 )]
 struct Cli {
+    /// Log filter (`tracing` syntax: a level like `debug`, or per module like
+    /// `info,ringkv::raftstore=debug`). Logs go to stderr, one line per event.
+    #[arg(long, global = true, env = "RINGKV_LOG", default_value = "info")]
+    log: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -326,15 +330,19 @@ fn main() -> ExitCode {
     // builds with the `failpoints` feature; a no-op otherwise).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("ringkv: --log {:?} is not a log filter: {err}", cli.log);
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
