@@ -281,6 +281,21 @@ fn a_store_down_too_long_is_replaced_and_its_stale_peers_are_destroyed_on_return
             .find(|s| s["id"].as_u64() == Some(victim_store))
             .map(|s| s["state"].clone());
         assert_eq!(victim_state, Some(Value::from("down")), "{status}");
+        wait_until(
+            "placement to log the store going down",
+            WAIT_TIMEOUT,
+            async || {
+                let logged = cluster.placement_log().lines().any(|line| {
+                    line.contains("store down") && line.contains(&format!("store={victim_store}"))
+                });
+                if logged {
+                    Ok(())
+                } else {
+                    Err("not logged yet".to_owned())
+                }
+            },
+        )
+        .await;
 
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.await.expect("writer task");

@@ -105,6 +105,16 @@ pub async fn start(
         }
     }));
 
+    // Store state changes that no request reveals (a store going silent) are logged here.
+    let watched = state.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            watched.lock().log_store_state_changes(Instant::now());
+        }
+    }));
+
     let mut http_addr = None;
     if let Some(addr) = cfg.http_addr {
         let listener = bind(addr).await?;

@@ -311,6 +311,8 @@ pub struct ClusterState {
     /// entries); derived from `regions_live` and kept with it.
     leader_loads: BTreeMap<u64, Load>,
     operators: OperatorController,
+    /// Stores whose going down was logged (cleared when they are back).
+    logged_down: std::collections::HashSet<u64>,
 }
 
 impl ClusterState {
@@ -348,6 +350,7 @@ impl ClusterState {
             leader_counts: BTreeMap::new(),
             leader_loads: BTreeMap::new(),
             operators,
+            logged_down: Default::default(),
         };
         if fresh {
             state.commit(state.durable.clone())?;
@@ -558,6 +561,24 @@ impl ClusterState {
             None => Err(PlacementError::UnknownStore(store_id)),
             Some(store) if store.tombstone => Err(PlacementError::Tombstone(store_id)),
             Some(store) => Ok(store),
+        }
+    }
+
+    /// Logs each store that went down (no heartbeat for max-store-down-time) since the last
+    /// call, once; its return is logged by `store_heartbeat`.
+    pub fn log_store_state_changes(&mut self, now: Instant) {
+        for info in self.stores(now) {
+            let id = info.store.as_ref().map_or(0, |s| s.id);
+            let down = info.state == StoreState::Down as i32 && self.stores_live.contains_key(&id);
+            if down && self.logged_down.insert(id) {
+                tracing::warn!(
+                    store = id,
+                    silent_ms = info.last_heartbeat_ms_ago,
+                    "store down: no heartbeat for max-store-down-time; its replicas will be rebuilt elsewhere"
+                );
+            } else if !down {
+                self.logged_down.remove(&id);
+            }
         }
     }
 

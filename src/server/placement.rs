@@ -560,6 +560,7 @@ impl Heartbeats {
                     }
                     Err(_) => last.map(|m| m.stats).unwrap_or_default(),
                 };
+                metrics::histogram!("ringkv_region_size_bytes").record(stats.size_bytes as f64);
                 Measured {
                     written_at: status.written_bytes,
                     written_keys_at: status.written_keys,

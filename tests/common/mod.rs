@@ -803,6 +803,11 @@ impl Cluster {
         .await
     }
 
+    /// Everything placement has logged so far (all its runs).
+    pub fn placement_log(&self) -> String {
+        fs::read_to_string(&self.placement_proc().log_path).unwrap_or_default()
+    }
+
     /// Placement's gRPC address (what `--placement` takes).
     pub fn placement_addr(&self) -> SocketAddr {
         self.placement_proc().grpc_addr
