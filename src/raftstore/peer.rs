@@ -888,6 +888,7 @@ impl PeerFsm {
             dirty = true;
         }
         let committed = ready.take_committed_entries();
+        metrics::counter!("ringkv_raft_committed_entries_total").increment(committed.len() as u64);
         self.committed.extend(committed);
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(ready.entries(), raft_batch)?;
@@ -926,7 +927,9 @@ impl PeerFsm {
         }
         let messages = light.take_messages();
         self.wrap_messages(messages, outbox);
-        self.committed.extend(light.take_committed_entries());
+        let committed = light.take_committed_entries();
+        metrics::counter!("ringkv_raft_committed_entries_total").increment(committed.len() as u64);
+        self.committed.extend(committed);
         self.apply_committed(apply_batch, replies)
     }
 

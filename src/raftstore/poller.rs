@@ -47,6 +47,9 @@ pub struct Poller {
 
 impl Poller {
     pub fn run(mut self) {
+        // Every event of this store's raft work (elections, splits, membership changes,
+        // snapshots, peers created and destroyed) carries the store id.
+        let _store = tracing::info_span!("store", store = self.cfg.store_id).entered();
         let mut next_tick = Instant::now() + self.tick_interval();
         let mut touched: HashSet<u64> = HashSet::new();
         loop {

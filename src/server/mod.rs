@@ -370,7 +370,10 @@ impl Node {
                     split: cfg.split,
                     measured: Default::default(),
                 };
-                Some(tokio::spawn(heartbeats.run(*heartbeat_interval)))
+                Some(tokio::spawn(tracing::Instrument::instrument(
+                    heartbeats.run(*heartbeat_interval),
+                    tracing::info_span!("store", store = store_id),
+                )))
             }
             _ => None,
         };
