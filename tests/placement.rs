@@ -349,6 +349,12 @@ fn a_store_down_too_long_is_replaced_and_its_stale_peers_are_destroyed_on_return
             },
         )
         .await;
+        // A node that destroyed peers (tombstones only, no raft state) restarts fine, and
+        // its tombstones keep the peers from coming back.
+        cluster.kill(victim);
+        cluster.restart(victim).await;
+        let status = cluster.status(victim).await.expect("status after restart");
+        assert!(status.regions.is_empty(), "{:?}", status.regions);
         let still = wait_replicated(&cluster, 2, &survivors).await;
         assert_eq!(still, healed, "placement did not move anything back");
         // The returned node serves every acknowledged write (forwarding to the leaders).

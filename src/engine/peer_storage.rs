@@ -44,6 +44,7 @@ impl PersistedRegion {
                     voters,
                     ..Default::default()
                 }),
+                destroyed_peer_id: 0,
             },
             raft_state: RaftLocalState {
                 term: RAFT_INIT_LOG_TERM,
@@ -150,12 +151,26 @@ impl PersistedRegion {
         for region_state in region_states {
             let region_state: RegionLocalState = region_state;
             let id = region_state.region.as_ref().map_or(0, |r| r.id);
-            let raft_state = engine
-                .get_msg(CF_META, &keys::raft_state_key(id), "RaftLocalState")?
-                .ok_or_else(|| EngineError::Corruption(format!("region {id}: no raft state")))?;
-            let apply_state: RaftApplyState = engine
-                .get_msg(CF_META, &keys::apply_state_key(id), "RaftApplyState")?
-                .ok_or_else(|| EngineError::Corruption(format!("region {id}: no apply state")))?;
+            let raft_state =
+                engine.get_msg(CF_META, &keys::raft_state_key(id), "RaftLocalState")?;
+            let apply_state: Option<RaftApplyState> =
+                engine.get_msg(CF_META, &keys::apply_state_key(id), "RaftApplyState")?;
+            // A destroyed peer keeps only its tombstone: no raft or apply state.
+            let tombstone = region_state.state == PeerState::Tombstone as i32;
+            let (raft_state, apply_state) = match (raft_state, apply_state) {
+                (Some(raft), Some(apply)) => (raft, apply),
+                _ if tombstone => Default::default(),
+                (None, _) => {
+                    return Err(EngineError::Corruption(format!(
+                        "region {id}: no raft state"
+                    )))
+                }
+                (_, None) => {
+                    return Err(EngineError::Corruption(format!(
+                        "region {id}: no apply state"
+                    )))
+                }
+            };
             regions.push(PersistedRegion {
                 region_state,
                 raft_state,
@@ -401,12 +416,13 @@ impl PeerStorage {
     /// Stages the destruction of this peer: a tombstone (the region as last known, so stale
     /// messages for it are recognized), its raft state and log gone, and — when `delete_data`
     /// — its data range deleted. One batch: a crash leaves the peer either whole or gone.
-    pub fn destroy(&self, delete_data: bool, batch: &mut WriteBatch) -> Result<()> {
+    pub fn destroy(&self, peer_id: u64, delete_data: bool, batch: &mut WriteBatch) -> Result<()> {
         let id = self.region.id;
         let tombstone = RegionLocalState {
             region: Some(self.region.clone()),
             state: PeerState::Tombstone as i32,
             conf_state: Some(conf_state_from_raft(&self.conf_state)),
+            destroyed_peer_id: peer_id,
         };
         batch.put_msg(
             &self.engine,
@@ -438,6 +454,7 @@ impl PeerStorage {
             region: Some(self.region.clone()),
             state: PeerState::Normal as i32,
             conf_state: Some(conf_state_from_raft(&self.conf_state)),
+            destroyed_peer_id: 0,
         };
         batch.put_msg(
             &self.engine,
@@ -642,7 +659,8 @@ impl raft::Storage for PeerStorage {
             // A snapshot older than the compacted log is useless: the follower would need
             // entries after it that are gone, and would be sent the same snapshot forever.
             let fresh = file.index() >= request_index && file.index() >= self.truncated_index();
-            // One made before `to` joined the configuration would be refused by it.
+            // One made before `to` joined the configuration would be refused by it, and one
+            // made before a split or membership change describes a region that no longer is.
             let conf = file.snapshot.get_metadata().get_conf_state();
             let names_to = [
                 conf.get_voters(),
@@ -651,7 +669,9 @@ impl raft::Storage for PeerStorage {
             ]
             .iter()
             .any(|ids| ids.contains(&to));
-            if fresh && names_to && file.exists() {
+            let current_shape =
+                file.meta.region.as_ref().map(|r| r.epoch) == Some(self.region.epoch);
+            if fresh && names_to && current_shape && file.exists() {
                 return Ok(file.snapshot.clone());
             }
             file.remove();

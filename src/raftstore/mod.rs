@@ -128,7 +128,7 @@ impl RaftStore {
             if crate::region::find_peer_on_store(&storage.region, cfg.store_id).is_none() {
                 // It applied its own removal and crashed before destroying itself.
                 let mut batch = engine.batch();
-                storage.destroy(true, &mut batch)?;
+                storage.destroy(0, true, &mut batch)?;
                 engine.write(batch, true)?;
                 tracing::info!(
                     region = storage.region.id,
@@ -152,6 +152,8 @@ impl RaftStore {
                 router: router.clone(),
                 cfg: cfg.clone(),
                 index,
+                claimed_snapshot_ranges: Vec::new(),
+                adopt_later: Vec::new(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("raft-poller-{}-{index}", cfg.store_id))

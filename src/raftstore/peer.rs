@@ -269,8 +269,13 @@ impl PeerFsm {
     /// destruction into `batch`.
     pub fn destroy(&mut self, delete_data: bool, batch: &mut WriteBatch) -> EngineResult<()> {
         let gone = msg::region_not_found(self.region_id());
+        // A proposed write may still commit through the region's other members: its outcome
+        // is unknown, and it must not be retried as if it had failed.
         for pending in self.pending_writes.drain(..) {
-            let _ = pending.reply.send(gone.clone());
+            let _ = pending.reply.send(msg::timeout(format!(
+                "region {} left this store with the write in flight (outcome unknown)",
+                self.raw.store().region_id()
+            )));
         }
         for batch in self.read_batches.drain(..) {
             for read in batch.reads {
@@ -280,7 +285,7 @@ impl PeerFsm {
         for read in self.new_reads.drain(..) {
             let _ = read.reply.send(gone.clone());
         }
-        self.raw.store().destroy(delete_data, batch)
+        self.raw.store().destroy(self.peer.id, delete_data, batch)
     }
 
     fn not_leader(&self) -> KvResponse {
@@ -696,7 +701,14 @@ impl PeerFsm {
         metrics::counter!("ringkv_raft_proposals_total", "kind" => "write").increment(1);
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
-        debug_assert!(self.pending_writes.back().is_none_or(|w| w.index < index));
+        // Writes proposed at this index or later in an earlier term were cut from the log by
+        // a newer leader (and this leader's log now holds other entries there), so they can
+        // never commit: a definite failure, worth retrying.
+        while self.pending_writes.back().is_some_and(|w| w.index >= index) {
+            if let Some(stale) = self.pending_writes.pop_back() {
+                let _ = stale.reply.send(self.not_leader());
+            }
+        }
         self.pending_writes.push_back(PendingWrite {
             index,
             term,
@@ -1293,30 +1305,55 @@ impl PeerFsm {
     }
 
     /// Answers the pending write proposed at `entry`'s position, and any older pending write
-    /// whose entry was overwritten by another leader's log (it will never apply).
+    /// this peer passed without applying its entry itself.
+    ///
+    /// * same index, same term: the write's own entry — its response;
+    /// * same index, other term: another leader's entry replaced it — it will never apply
+    ///   (NotLeader, retryable);
+    /// * an older index: its entry was applied without passing through here (covered by a
+    ///   snapshot), so it may well have been applied — outcome unknown (timeout), never
+    ///   answered as retryable.
     fn finish_write(
         &mut self,
         entry: &Entry,
         response: KvResponse,
         replies: &mut Vec<(Reply, KvResponse)>,
     ) {
-        while let Some(front) = self.pending_writes.front() {
-            if front.index > entry.index {
-                return;
-            }
+        while self
+            .pending_writes
+            .front()
+            .is_some_and(|front| front.index <= entry.index)
+        {
             let Some(pending) = self.pending_writes.pop_front() else {
                 return;
             };
-            let same_entry = pending.index == entry.index && pending.term == entry.term;
-            let same_request = same_entry
-                && RaftCmd::decode(entry.get_data())
-                    .is_ok_and(|c| c.request_id == pending.request_id);
-            if same_request {
-                replies.push((pending.reply, response));
+            if pending.index < entry.index {
+                replies.push((
+                    pending.reply,
+                    msg::timeout(format!(
+                        "region {}: the write's log position was caught up by snapshot (outcome unknown)",
+                        self.region_id()
+                    )),
+                ));
+                continue;
+            }
+            if pending.term != entry.term {
+                let stale = msg::not_leader(self.region_id(), self.leader_peer());
+                replies.push((pending.reply, stale));
                 return;
             }
-            let stale = msg::not_leader(self.region_id(), self.leader_peer());
-            replies.push((pending.reply, stale));
+            let same_request =
+                RaftCmd::decode(entry.get_data()).is_ok_and(|c| c.request_id == pending.request_id);
+            let answer = if same_request {
+                response
+            } else {
+                msg::timeout(format!(
+                    "region {}: unexpected entry at the write's position (outcome unknown)",
+                    self.region_id()
+                ))
+            };
+            replies.push((pending.reply, answer));
+            return;
         }
     }
 

@@ -43,6 +43,10 @@ pub struct Poller {
     pub cfg: StoreConfig,
     /// This poller's position among the store's pollers (see `Router::poller_of`).
     pub index: usize,
+    /// Regions whose snapshot range this round claimed in the router (released at its end).
+    pub claimed_snapshot_ranges: Vec<u64>,
+    /// Split-created regions for other pollers whose mailbox was full: handed over later.
+    pub adopt_later: Vec<(u64, bool)>,
 }
 
 impl Poller {
@@ -116,19 +120,46 @@ impl Poller {
         campaign: bool,
         touched: &mut HashSet<u64>,
     ) -> Result<(), EngineError> {
+        let mut replaced = None;
         if let Some(existing) = self.peers.get(&region_id) {
             if existing.is_initialized() {
                 return Ok(()); // already here whole (a snapshot got here first)
             }
-            self.peers.remove(&region_id);
+            replaced = self.peers.remove(&region_id);
         }
-        let Some(persisted) = PersistedRegion::load(&self.engine, region_id)? else {
+        let Some(mut persisted) = PersistedRegion::load(&self.engine, region_id)? else {
             tracing::error!(region = region_id, "split region to adopt is not on disk");
             return Ok(());
         };
         if persisted.region_state.state == PeerState::Tombstone as i32 {
             return Ok(());
         }
+        // An uninitialized peer of the region (created by a faster replica's messages) may
+        // have voted in a newer term since the split's state was written, and may have
+        // written its own empty-log raft state over it: keep its term and vote, and the
+        // split's log position.
+        let init = crate::region::RAFT_INIT_LOG_INDEX;
+        let raft_state = &mut persisted.raft_state;
+        if let Some(old) = replaced {
+            let (term, vote) = (old.raw.raft.term, old.raw.raft.vote);
+            if term > raft_state.term {
+                raft_state.term = term;
+                raft_state.vote = vote;
+            }
+        }
+        if raft_state.last_index < init {
+            raft_state.last_index = init;
+            raft_state.last_term = crate::region::RAFT_INIT_LOG_TERM;
+        }
+        raft_state.commit = raft_state.commit.max(init);
+        let mut batch = self.engine.batch();
+        batch.put_msg(
+            &self.engine,
+            crate::engine::CF_META,
+            &crate::keys::raft_state_key(region_id),
+            &persisted.raft_state,
+        )?;
+        self.engine.write(batch, true)?;
         let storage = PeerStorage::new(
             self.engine.clone(),
             self.cfg.store_id,
@@ -228,14 +259,7 @@ impl Poller {
                     self.sender.send(reply);
                     return Ok(());
                 }
-                if let Some(other) = self.snapshot_overlaps_local_region(region_id, &message) {
-                    // E.g. the new region of a split this store has not applied yet: the
-                    // parent still owns that range here. Raft sends the snapshot again.
-                    tracing::info!(
-                        region = region_id,
-                        overlaps = other,
-                        "snapshot overlapping a local region dropped"
-                    );
+                if !self.claim_snapshot_range(region_id, &message) {
                     return Ok(());
                 }
                 let Some(peer) = self.peers.get_mut(&region_id) else {
@@ -249,18 +273,35 @@ impl Poller {
             // could not hear about it.
             self.destroy_peer(region_id, "superseded by a newer peer of the region")?;
         }
-        if message.is_tombstone || !may_create_peer(&message) {
+        if message.is_tombstone {
             return Ok(());
         }
         if let Some(state) = PeerStorage::load_region_state(&self.engine, region_id)? {
-            let known_conf_ver = state
-                .region
-                .as_ref()
-                .and_then(|r| r.epoch)
-                .unwrap_or_default()
-                .conf_ver;
+            let known = state.region.clone().unwrap_or_default();
+            let known_epoch = known.epoch.unwrap_or_default();
             let tombstone = state.state == PeerState::Tombstone as i32;
-            if !tombstone || their_conf_ver <= known_conf_ver {
+            // A sender that is not in the region as this store last knew it, with an older
+            // configuration: removed (perhaps while its store was down) and never told — the
+            // members that could tell it may all be gone. Tell it (TiKV's stale-message reply).
+            if let (true, Some(from)) = (tombstone, message.from_peer) {
+                if their_conf_ver < known_epoch.conf_ver
+                    && !known.peers.iter().any(|p| p.id == from.id)
+                {
+                    self.sender.send(RaftMessage {
+                        region_id,
+                        from_peer: None,
+                        to_peer: Some(from),
+                        region_epoch: Some(known_epoch),
+                        message: Default::default(),
+                        is_tombstone: true,
+                        disk_low: self.cfg.disk_low.load(std::sync::atomic::Ordering::Relaxed),
+                    });
+                    return Ok(());
+                }
+            }
+            let stale =
+                to_peer.id <= state.destroyed_peer_id || their_conf_ver <= known_epoch.conf_ver;
+            if !tombstone || stale {
                 tracing::debug!(
                     region = region_id,
                     to_peer = to_peer.id,
@@ -268,6 +309,9 @@ impl Poller {
                 );
                 return Ok(());
             }
+        }
+        if !may_create_peer(&message) || !self.claim_snapshot_range(region_id, &message) {
+            return Ok(());
         }
         let storage = PeerStorage::uninitialized(
             self.engine.clone(),
@@ -295,19 +339,48 @@ impl Poller {
         Ok(())
     }
 
-    /// For a raft snapshot message: another initialized local region whose range overlaps the
-    /// snapshot's (applying it would overwrite that region's data).
-    fn snapshot_overlaps_local_region(&self, region_id: u64, message: &RaftMessage) -> Option<u64> {
-        let raft_msg = RaftMsg::parse_from_bytes(&message.message).ok()?;
+    /// For a raft snapshot message: claims its range until the end of this round (when it is
+    /// applied, or was refused by raft). False when another local region — or another
+    /// snapshot accepted and not applied yet — owns part of it: applying it would overwrite
+    /// that region's data (e.g. the new half of a split this store has not applied yet). The
+    /// message is dropped and raft sends the snapshot again later.
+    fn claim_snapshot_range(&mut self, region_id: u64, message: &RaftMessage) -> bool {
+        let Ok(raft_msg) = RaftMsg::parse_from_bytes(&message.message) else {
+            return true;
+        };
         if raft_msg.get_msg_type() != MessageType::MsgSnapshot {
-            return None;
+            return true;
         }
-        let meta = SnapshotMeta::decode(raft_msg.get_snapshot().get_data()).ok()?;
-        let region = meta.region?;
-        self.router
-            .overlapping(region_id, region.start_hash, region.end_hash)
-            .first()
-            .map(|r| r.id)
+        let Some(region) = SnapshotMeta::decode(raft_msg.get_snapshot().get_data())
+            .ok()
+            .and_then(|meta| meta.region)
+        else {
+            return true; // raft refuses a snapshot it cannot read
+        };
+        match self
+            .router
+            .reserve_snapshot_range(region_id, region.start_hash, region.end_hash)
+        {
+            Ok(()) => {
+                self.claimed_snapshot_ranges.push(region_id);
+                true
+            }
+            Err(other) => {
+                tracing::info!(
+                    region = region_id,
+                    overlaps = other,
+                    "snapshot overlapping a local region dropped"
+                );
+                false
+            }
+        }
+    }
+
+    /// Ends this round's snapshot claims: the snapshots were applied (their regions are in the
+    /// router now) or refused.
+    fn release_claims(&mut self) {
+        let claimed = std::mem::take(&mut self.claimed_snapshot_ranges);
+        self.router.release_snapshot_ranges(&claimed);
     }
 
     /// Destroys a local peer (synced, one batch) and forgets it.
@@ -361,7 +434,11 @@ impl Poller {
         }
         // Leaders' appends go out before our own fsync (raft thesis 10.2.1).
         self.flush_outbox(&mut outbox);
+        let router = self.router.clone();
+        self.adopt_later
+            .retain(|(region_id, campaign)| !router.try_adopt(*region_id, *campaign));
         if readies.is_empty() {
+            self.release_claims();
             return Ok(again);
         }
         fail::fail_point!("raft_before_log_write");
@@ -432,9 +509,10 @@ impl Poller {
                 self.adopt(region_id, campaign, &mut created)?;
                 again.extend(created);
             } else {
-                self.router.adopt(region_id, campaign);
+                self.adopt_later.push((region_id, campaign));
             }
         }
+        self.release_claims();
         Ok(again)
     }
 

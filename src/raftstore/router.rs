@@ -43,6 +43,10 @@ pub struct Router {
     /// Pinged when a local region changes shape or gets a new leader here, so the placement
     /// heartbeat reports it now rather than at the next periodic round.
     changes: tokio::sync::Notify,
+    /// Ranges of snapshots accepted and not yet applied: (region, start, end). Checked with
+    /// the initialized regions so two snapshots (or a snapshot and a region) can never both
+    /// own a hash on this store, also across pollers.
+    snapshot_ranges: parking_lot::Mutex<Vec<(u64, u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -65,6 +69,7 @@ impl Router {
             mailboxes,
             regions: RwLock::new(LocalRegions::default()),
             changes: tokio::sync::Notify::new(),
+            snapshot_ranges: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -144,6 +149,38 @@ impl Router {
             .collect()
     }
 
+    /// Claims `[start, end)` for a snapshot of `region_id` about to be applied; `Err` names
+    /// the local region (or pending snapshot) that already owns part of it.
+    pub fn reserve_snapshot_range(&self, region_id: u64, start: u64, end: u64) -> Result<(), u64> {
+        let mut reserved = self.snapshot_ranges.lock();
+        if let Some(other) = self.overlapping(region_id, start, end).first() {
+            return Err(other.id);
+        }
+        let probe = Region {
+            start_hash: start,
+            end_hash: end,
+            ..Default::default()
+        };
+        if let Some((other, _, _)) = reserved
+            .iter()
+            .find(|(id, s, e)| *id != region_id && ranges_overlap(&probe, *s, *e))
+        {
+            return Err(*other);
+        }
+        reserved.push((region_id, start, end));
+        Ok(())
+    }
+
+    /// Drops the claims of `region_ids` (their snapshots were applied, or refused by raft).
+    pub fn release_snapshot_ranges(&self, region_ids: &[u64]) {
+        if region_ids.is_empty() {
+            return;
+        }
+        self.snapshot_ranges
+            .lock()
+            .retain(|(id, _, _)| !region_ids.contains(id));
+    }
+
     fn has_region(&self, region_id: u64) -> bool {
         self.regions.read().by_id.contains_key(&region_id)
     }
@@ -163,14 +200,19 @@ impl Router {
         }
     }
 
-    /// Hands a region a split just created here to the poller that owns it.
-    pub fn adopt(&self, region_id: u64, campaign: bool) {
+    /// Hands a region a split just created here to the poller that owns it; false when that
+    /// mailbox is full (the caller keeps it and tries again next round: a blocking send
+    /// between pollers could deadlock).
+    pub fn try_adopt(&self, region_id: u64, campaign: bool) -> bool {
         let mailbox = &self.mailboxes[self.poller_of(region_id)];
-        // Blocking: losing it would leave the region without a peer until restart.
-        let _ = mailbox.send(PollerMsg::Adopt {
+        match mailbox.try_send(PollerMsg::Adopt {
             region_id,
             campaign,
-        });
+        }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            Err(TrySendError::Disconnected(_)) => true, // shutting down
+        }
     }
 
     /// Asks every poller to stop after its current round.

@@ -641,7 +641,30 @@ impl Heartbeats {
         }
     }
 
+    /// The hash where `region`'s data halves, measured off the async threads (so the raft
+    /// poller never scans a large region itself).
+    async fn middle_hash(&self, region: &Region) -> Option<u64> {
+        let engine = self.engine.clone();
+        let (start, end) = (region.start_hash, region.end_hash);
+        match tokio::task::spawn_blocking(move || engine.region_data_stats(start, end, true)).await
+        {
+            Ok(Ok(stats)) => stats.middle_hash,
+            Ok(Err(error)) => {
+                tracing::warn!(region = region.id, %error, "finding the split point failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     async fn try_split(&self, region: &Region, split_hash: u64, why: &str) -> bool {
+        let split_hash = match split_hash {
+            0 => match self.middle_hash(region).await {
+                Some(hash) if hash > region.start_hash => hash,
+                _ => return false,
+            },
+            hash => hash,
+        };
         let mut client = self.link.client.clone();
         let ids = match client
             .ask_split(AskSplitRequest {
@@ -766,9 +789,15 @@ impl Heartbeats {
             let Some(peer) = transfer.peer else { return };
             Command::TransferLeader { epoch, peer, reply }
         } else if let Some(split) = response.split {
+            // "Where the data halves" is found here rather than on the raft poller; an empty
+            // region is left to the peer (it splits its range in the middle).
+            let split_hash = match split.split_hash {
+                0 => self.middle_hash(region).await.unwrap_or(0),
+                hash => hash,
+            };
             Command::Split {
                 epoch,
-                split_hash: split.split_hash,
+                split_hash,
                 new_region_id: split.new_region_id,
                 new_peer_ids: split.new_peer_ids,
                 reply,
