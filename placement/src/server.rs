@@ -107,11 +107,15 @@ pub async fn start(
 
     // Store state changes that no request reveals (a store going silent) are logged here.
     let watched = state.clone();
+    let (stop_watch, mut stopped_watch) = oneshot::channel::<()>();
+    stop.push(stop_watch);
     tasks.push(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
-            ticker.tick().await;
-            watched.lock().log_store_state_changes(Instant::now());
+            tokio::select! {
+                _ = ticker.tick() => watched.lock().log_store_state_changes(Instant::now()),
+                _ = &mut stopped_watch => return,
+            }
         }
     }));
 
