@@ -350,16 +350,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             );
         }
         Command::Regions => {
-            let regions = client
-                .scan_regions(ScanRegionsRequest {
-                    header,
-                    start_hash: 0,
-                    limit: 0,
-                })
-                .await
-                .map_err(refused)?
-                .into_inner()
-                .regions;
+            let regions = all_regions(&mut client, header).await?;
             if cli.json {
                 let list: Vec<Value> = regions.iter().map(region_json).collect();
                 println!("{}", json!({ "cluster_id": cluster_id, "regions": list }));
@@ -553,16 +544,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                         .into_inner()
                         .store
                         .unwrap_or_default();
-                    let regions = client
-                        .scan_regions(ScanRegionsRequest {
-                            header,
-                            start_hash: 0,
-                            limit: 0,
-                        })
-                        .await
-                        .map_err(refused)?
-                        .into_inner()
-                        .regions;
+                    let regions = all_regions(&mut client, header).await?;
                     let left = regions
                         .iter()
                         .filter_map(|r| r.region.as_ref())
@@ -595,6 +577,23 @@ fn region_version(region: &RegionWithLeader) -> u64 {
         .as_ref()
         .and_then(|r| r.epoch)
         .map_or(0, |e| e.version)
+}
+
+/// Every region, in ring order.
+async fn all_regions(
+    client: &mut PlacementClient<Channel>,
+    header: Option<RequestHeader>,
+) -> Result<Vec<RegionWithLeader>, CliError> {
+    Ok(client
+        .scan_regions(ScanRegionsRequest {
+            header,
+            start_hash: 0,
+            limit: 0,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .regions)
 }
 
 async fn get_region(
