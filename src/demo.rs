@@ -67,6 +67,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             },
             limits: Limits::default(),
             request_timeout: Duration::from_secs(5),
+            expired_reclaim_interval: Duration::from_secs(60),
         };
         let material = tls::load_node_material(&certs_dir, n)?;
         nodes.push(Node::start(node_cfg, material).await?);

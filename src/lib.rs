@@ -15,3 +15,4 @@ pub mod raftstore;
 pub mod region;
 pub mod server;
 pub mod transport;
+pub mod value;

@@ -165,6 +165,16 @@ struct NodeArgs {
     /// Largest accepted value.
     #[arg(long, default_value_t = 1 << 20)]
     max_value_bytes: usize,
+    /// Most keys in one batch request (HTTP /batch, gRPC Batch*).
+    #[arg(long, default_value_t = 1024)]
+    max_batch_keys: usize,
+    /// Most key + value bytes in one batch request.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_batch_bytes: usize,
+    /// Seconds between passes that delete expired keys (TTL) of the regions this node leads,
+    /// through raft; until then they are already invisible to reads. 0 = never.
+    #[arg(long, default_value_t = 60)]
+    expired_reclaim_interval_secs: u64,
     /// How long a request may wait for a leader and for raft before it fails with 503.
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
@@ -259,7 +269,10 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         limits: Limits {
             max_key_bytes: args.max_key_bytes,
             max_value_bytes: args.max_value_bytes,
+            max_batch_keys: args.max_batch_keys,
+            max_batch_bytes: args.max_batch_bytes,
         },
+        expired_reclaim_interval: Duration::from_secs(args.expired_reclaim_interval_secs),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
     };
     let node = Node::start(cfg, material).await?;

@@ -55,6 +55,20 @@ pub enum EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// What a scan page returns: see `Engine::scan_user_pairs`.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanBounds<'a> {
+    pub prefix: &'a [u8],
+    pub limit: usize,
+    pub max_examined: usize,
+    pub now_ms: u64,
+}
+
+fn decode_stored<'a>(data_key: &[u8], stored: &'a [u8]) -> Result<crate::value::StoredValue<'a>> {
+    crate::value::decode(stored)
+        .ok_or_else(|| EngineError::Corruption(format!("stored value of data key {data_key:x?}")))
+}
+
 /// A handle to the node's RocksDB. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -139,9 +153,84 @@ impl Engine {
         }
     }
 
-    /// The value of a user key (reads the `default` CF at the key's data key).
-    pub fn get_user_value(&self, user_key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.get(CF_DEFAULT, &keys::data_key(user_key))
+    /// The value of a user key as of `now_ms` (unix ms): absent if missing or expired.
+    pub fn get_user_value(&self, user_key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get_stored_value(user_key)?
+            .filter(|(_, expire_at_ms)| *expire_at_ms == 0 || *expire_at_ms > now_ms)
+            .map(|(value, _)| value))
+    }
+
+    /// The stored value of a user key with its expiry (unix ms, 0 = never), expired or not.
+    pub fn get_stored_value(&self, user_key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
+        let key = keys::data_key(user_key);
+        let Some(stored) = self.db.get_pinned_cf(&self.cf(CF_DEFAULT)?, &key)? else {
+            return Ok(None);
+        };
+        let decoded = decode_stored(&key, &stored)?;
+        Ok(Some((decoded.value.to_vec(), decoded.expire_at_ms)))
+    }
+
+    /// Live (unexpired at `now_ms`) user pairs with data keys in `[start, end)`, in order,
+    /// whose user key starts with `prefix`: at most `limit` pairs, after examining at most
+    /// `max_examined` stored keys. Also answers where the next page starts: the data key
+    /// after the last one examined, or `None` when the range was exhausted.
+    pub fn scan_user_pairs(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        scan: &ScanBounds<'_>,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+        let mut pairs = Vec::new();
+        let mut examined = 0usize;
+        let mut resume = None;
+        self.scan(CF_DEFAULT, start, end, |key, stored| {
+            if pairs.len() >= scan.limit || examined >= scan.max_examined {
+                resume = Some(key.to_vec());
+                return Ok(false);
+            }
+            examined += 1;
+            let user_key = keys::user_key_of(key)
+                .ok_or_else(|| EngineError::Corruption(format!("data key {key:x?}")))?;
+            if !user_key.starts_with(scan.prefix) {
+                return Ok(true);
+            }
+            let decoded = decode_stored(key, stored)?;
+            if !decoded.is_expired(scan.now_ms) {
+                pairs.push((user_key.to_vec(), decoded.value.to_vec()));
+            }
+            Ok(true)
+        })?;
+        Ok((pairs, resume))
+    }
+
+    /// User keys in the hash range `[start_hash, end_hash)` whose values expired by
+    /// `now_ms`, at most `limit` of them (what the background reclaim deletes through raft).
+    pub fn expired_user_keys(
+        &self,
+        start_hash: u64,
+        end_hash: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let (start, end) = (
+            keys::data_range_start(start_hash),
+            keys::data_range_end(end_hash),
+        );
+        let mut expired = Vec::new();
+        self.scan(CF_DEFAULT, &start, &end, |key, stored| {
+            // Plain values (flag byte 0) cannot expire: skip without decoding further.
+            if stored.first() == Some(&0) {
+                return Ok(true);
+            }
+            if decode_stored(key, stored)?.is_expired(now_ms) {
+                if let Some(user_key) = keys::user_key_of(key) {
+                    expired.push(user_key.to_vec());
+                }
+            }
+            Ok(expired.len() < limit)
+        })?;
+        Ok(expired)
     }
 
     /// Visits `[start, end)` of a column family in order; `visit` returns false to stop.
@@ -317,10 +406,15 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| EngineError::Corruption(e.to_string()))?;
         let engine = Engine::open(dir.path())?;
         let mut batch = engine.batch();
-        batch.put(&engine, CF_DEFAULT, &keys::data_key(b"k"), b"v")?;
+        batch.put(
+            &engine,
+            CF_DEFAULT,
+            &keys::data_key(b"k"),
+            &crate::value::encode(b"v", 0),
+        )?;
         batch.put(&engine, CF_META, b"m", b"1")?;
         engine.write(batch, true)?;
-        assert_eq!(engine.get_user_value(b"k")?, Some(b"v".to_vec()));
+        assert_eq!(engine.get_user_value(b"k", 0)?, Some(b"v".to_vec()));
         assert_eq!(engine.get(CF_META, b"m")?, Some(b"1".to_vec()));
         assert_eq!(engine.stats().synced_writes.load(Ordering::Relaxed), 1);
         Ok(())

@@ -4,6 +4,7 @@
 //! * `poller` — the batch loop (group commit across regions, batched apply).
 //! * `peer` — one region's raft node and its pending writes/reads.
 //! * `msg` — what goes into mailboxes and what comes back.
+//! * `read` — serving a read (get, batch get, scan page) from the local replica.
 //!
 //! This room uses `engine` for storage and sends raft messages through the `RaftSender`
 //! seam, which the transport implements; it never touches sockets itself.
@@ -11,12 +12,15 @@
 mod msg;
 mod peer;
 mod poller;
+mod read;
 mod router;
 
 pub use msg::{
-    done, epoch_not_match, get_result, not_leader, other_error, region_not_found, server_is_busy,
-    timeout, ChangePeer, Command, PeerMsg, PeerStatus, RegionStatus, Reply,
+    batch_get_result, cursor_hash, done, epoch_not_match, get_result, not_leader, other_error,
+    region_not_found, scan_result, server_is_busy, timeout, ChangePeer, Command, PeerMsg,
+    PeerStatus, ReadOp, RegionStatus, Reply,
 };
+pub use read::{read_region, MAX_SCAN_EXAMINED};
 pub use router::{Router, SendError};
 
 use std::collections::HashMap;

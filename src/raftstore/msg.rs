@@ -22,10 +22,10 @@ pub enum Command {
         conditions: Vec<Condition>,
         reply: Reply,
     },
-    /// Linearizable read of `key` through raft ReadIndex.
+    /// Linearizable read through raft ReadIndex.
     Read {
         request_id: u64,
-        key: Bytes,
+        read: ReadOp,
         reply: Reply,
     },
     /// A membership change (from a placement operator), proposed only if the region still
@@ -53,6 +53,51 @@ pub enum Command {
         new_peer_ids: Vec<u64>,
         reply: Reply,
     },
+}
+
+/// What a read looks at, once the region has applied the read's index (or at once, for a
+/// stale read of the local replica).
+#[derive(Clone, Debug)]
+pub enum ReadOp {
+    /// One key: answered with a `GetResponse`.
+    Get(Bytes),
+    /// Keys of one region: answered with a `BatchGetResponse` (found pairs only).
+    BatchGet(Vec<Bytes>),
+    /// One page of the region from position `cursor` (see `kvpb::ScanRequest`): answered
+    /// with a `ScanResponse` whose cursor is where the next page starts.
+    Scan {
+        cursor: Bytes,
+        prefix: Bytes,
+        limit: usize,
+    },
+}
+
+impl ReadOp {
+    /// The ring positions the read needs to find in its region.
+    pub fn hashes(&self) -> Vec<u64> {
+        match self {
+            ReadOp::Get(key) => vec![crate::keys::key_hash(key)],
+            ReadOp::BatchGet(keys) => keys.iter().map(|k| crate::keys::key_hash(k)).collect(),
+            ReadOp::Scan { cursor, .. } => vec![cursor_hash(cursor)],
+        }
+    }
+
+    /// Keys the read names (for load sampling).
+    pub fn keys(&self) -> &[Bytes] {
+        match self {
+            ReadOp::Get(key) => std::slice::from_ref(key),
+            ReadOp::BatchGet(keys) => keys,
+            ReadOp::Scan { .. } => &[],
+        }
+    }
+}
+
+/// The ring position a scan cursor starts at (an empty cursor is the start of the ring).
+pub fn cursor_hash(cursor: &[u8]) -> u64 {
+    let mut be = [0u8; 8];
+    let n = cursor.len().min(8);
+    be[..n].copy_from_slice(&cursor[..n]);
+    u64::from_be_bytes(be)
 }
 
 /// The membership changes a peer can be asked to propose, one at a time (a single change
@@ -210,6 +255,24 @@ pub fn cas_result(succeeded: bool, current: Option<Bytes>) -> KvResponse {
             succeeded,
             found: current.is_some(),
             current: current.unwrap_or_default(),
+        })),
+    }
+}
+
+pub fn batch_get_result(pairs: Vec<kvpb::KvPair>) -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::BatchGet(
+            kvpb::BatchGetResponse { pairs },
+        )),
+    }
+}
+
+pub fn scan_result(pairs: Vec<kvpb::KvPair>, next_cursor: Option<Vec<u8>>) -> KvResponse {
+    KvResponse {
+        result: Some(kvpb::kv_response::Result::Scan(kvpb::ScanResponse {
+            pairs,
+            done: next_cursor.is_none(),
+            next_cursor: next_cursor.unwrap_or_default().into(),
         })),
     }
 }

@@ -16,7 +16,8 @@ use raft::eraftpb::{
 };
 use raft::{ProgressState, RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
 
-use super::msg::{self, ChangePeer, Command, PeerStatus, RegionStatus, Reply};
+use super::msg::{self, ChangePeer, Command, PeerStatus, ReadOp, RegionStatus, Reply};
+use super::read::read_region;
 use super::StoreConfig;
 use crate::engine::{
     Engine, PeerStorage, PersistedRegion, Result as EngineResult, WriteBatch, CF_DEFAULT,
@@ -28,6 +29,7 @@ use crate::proto::raft_serverpb::{
     admin_cmd, AdminCmd, ChangePeerContext, Condition, RaftCmd, RaftMessage, SplitCmd, WriteOp,
 };
 use crate::region::{find_peer, find_peer_on_store, region_contains};
+use crate::value::now_ms;
 
 /// Upper bound on reads waiting for one peer (beyond it clients get ServerIsBusy).
 const MAX_PENDING_READS: usize = 65_536;
@@ -46,7 +48,7 @@ struct PendingWrite {
 }
 
 struct PendingRead {
-    key: Bytes,
+    read: ReadOp,
     reply: Reply,
 }
 
@@ -57,24 +59,41 @@ struct ReadBatch {
     reads: Vec<PendingRead>,
 }
 
-/// User values written by the apply batch being built (not yet visible in the engine).
+/// User values (with their expiry, unix ms, 0 = never) written by the apply batch being built
+/// (not yet visible in the engine).
 #[derive(Default)]
 struct Staged {
-    values: HashMap<Bytes, Option<Bytes>>,
+    values: HashMap<Bytes, Option<(Bytes, u64)>>,
 }
 
 impl Staged {
-    fn record(&mut self, key: &Bytes, value: Option<Bytes>) {
+    fn record(&mut self, key: &Bytes, value: Option<(Bytes, u64)>) {
         self.values.insert(key.clone(), value);
     }
 
-    /// The value `key` will hold once the batch is written.
-    fn get(&self, engine: &Engine, key: &Bytes) -> EngineResult<Option<Bytes>> {
+    /// The value `key` will hold once the batch is written, with its expiry, expired or not.
+    fn get_stored(&self, engine: &Engine, key: &Bytes) -> EngineResult<Option<(Bytes, u64)>> {
         match self.values.get(key) {
             Some(value) => Ok(value.clone()),
-            None => Ok(engine.get_user_value(key)?.map(Bytes::from)),
+            None => Ok(engine
+                .get_stored_value(key)?
+                .map(|(value, expire_at_ms)| (Bytes::from(value), expire_at_ms))),
         }
     }
+
+    /// The live value `key` will hold at `now_ms` once the batch is written.
+    fn get(&self, engine: &Engine, key: &Bytes, now_ms: u64) -> EngineResult<Option<Bytes>> {
+        Ok(self
+            .get_stored(engine, key)?
+            .filter(|(_, expire_at_ms)| !expired(*expire_at_ms, now_ms))
+            .map(|(value, _)| value))
+    }
+}
+
+/// Whether a value expiring at `expire_at_ms` (0 = never) is gone at `now_ms`. A command
+/// without a clock (`now_ms` 0) sees nothing expired.
+fn expired(expire_at_ms: u64, now_ms: u64) -> bool {
+    expire_at_ms != 0 && now_ms != 0 && expire_at_ms <= now_ms
 }
 
 pub struct PeerFsm {
@@ -343,7 +362,7 @@ impl PeerFsm {
                 conditions,
                 reply,
             } => self.propose_write(request_id, epoch, ops, conditions, reply),
-            Command::Read { key, reply, .. } => self.queue_read(key, reply),
+            Command::Read { read, reply, .. } => self.queue_read(read, reply),
             Command::ChangePeer {
                 epoch,
                 change,
@@ -641,6 +660,18 @@ impl PeerFsm {
         }
     }
 
+    fn read_outside_region(&self, read: &ReadOp) -> Option<KvResponse> {
+        read.hashes()
+            .into_iter()
+            .any(|hash| !region_contains(self.region(), hash))
+            .then(|| {
+                msg::epoch_not_match(
+                    format!("the read is not inside region {}", self.region_id()),
+                    self.region().clone(),
+                )
+            })
+    }
+
     fn key_outside_region(&self, key: &[u8]) -> Option<KvResponse> {
         (!region_contains(self.region(), keys::key_hash(key))).then(|| {
             msg::epoch_not_match(
@@ -692,6 +723,7 @@ impl PeerFsm {
             ops,
             conditions,
             admin: None,
+            now_ms: now_ms(),
         };
         if let Err(err) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
             tracing::debug!(region = self.region_id(), %err, "proposal dropped");
@@ -717,12 +749,12 @@ impl PeerFsm {
         });
     }
 
-    fn queue_read(&mut self, key: Bytes, reply: Reply) {
+    fn queue_read(&mut self, read: ReadOp, reply: Reply) {
         if !self.is_leader() {
             let _ = reply.send(self.not_leader());
             return;
         }
-        if let Some(err) = self.key_outside_region(&key) {
+        if let Some(err) = self.read_outside_region(&read) {
             let _ = reply.send(err);
             return;
         }
@@ -731,8 +763,10 @@ impl PeerFsm {
             let _ = reply.send(msg::server_is_busy("too many reads in flight", 50));
             return;
         }
-        self.sample_access(&key);
-        self.new_reads.push(PendingRead { key, reply });
+        for key in read.keys() {
+            self.sample_access(key);
+        }
+        self.new_reads.push(PendingRead { read, reply });
     }
 
     /// A client write must not go ahead while a store holding the region is below its
@@ -826,15 +860,12 @@ impl PeerFsm {
             for read in batch.reads {
                 // A split while the read waited may have moved its key to another region,
                 // whose newer writes this region's read index does not cover.
-                if let Some(err) = self.key_outside_region(&read.key) {
+                if let Some(err) = self.read_outside_region(&read.read) {
                     let _ = read.reply.send(err);
                     continue;
                 }
-                self.read_keys += 1;
-                let response = match self.engine.get_user_value(&read.key) {
-                    Ok(value) => msg::get_result(value),
-                    Err(err) => msg::other_error(format!("read failed: {err}")),
-                };
+                self.read_keys += read.read.keys().len().max(1) as u64;
+                let response = read_region(&self.engine, self.region(), &read.read, now_ms());
                 let _ = read.reply.send(response);
             }
         }
@@ -1093,7 +1124,7 @@ impl PeerFsm {
             ));
         }
         for condition in &cmd.conditions {
-            let current = staged.get(&self.engine, &condition.key)?;
+            let current = staged.get(&self.engine, &condition.key, cmd.now_ms)?;
             let holds = match &current {
                 None => condition.absent,
                 Some(value) => !condition.absent && *value == condition.value,
@@ -1104,14 +1135,23 @@ impl PeerFsm {
         }
         for op in &cmd.ops {
             let key = keys::data_key(&op.key);
+            if op.only_if_expired {
+                // The background reclaim: keep a value written since the key was found expired.
+                let stored = staged.get_stored(&self.engine, &op.key)?;
+                if !stored.is_some_and(|(_, expire_at_ms)| expired(expire_at_ms, cmd.now_ms)) {
+                    continue;
+                }
+                metrics::counter!("ringkv_expired_keys_deleted_total").increment(1);
+            }
             self.written_bytes += (op.key.len() + op.value.len()) as u64;
             self.written_keys += 1;
             if op.delete {
                 batch.delete(&self.engine, CF_DEFAULT, &key)?;
                 staged.record(&op.key, None);
             } else {
-                batch.put(&self.engine, CF_DEFAULT, &key, &op.value)?;
-                staged.record(&op.key, Some(op.value.clone()));
+                let stored = crate::value::encode(&op.value, op.expire_at_ms);
+                batch.put(&self.engine, CF_DEFAULT, &key, &stored)?;
+                staged.record(&op.key, Some((op.value.clone(), op.expire_at_ms)));
             }
         }
         if cmd.conditions.is_empty() {

@@ -2,19 +2,22 @@
 //!
 //! | request | success | notes |
 //! |---|---|---|
-//! | `PUT /kv/{key}` body=value | 204 | after commit by a quorum and apply |
+//! | `PUT /kv/{key}` body=value | 204 | after commit by a quorum and apply; `?ttl=SECONDS` makes the key expire |
 //! | `GET /kv/{key}` | 200 + value, 404 | linearizable (ReadIndex); `?consistency=stale` reads the local replica |
 //! | `DELETE /kv/{key}` | 204 | |
 //! | `PUT /kv/{key}?prevValue=V` body=value | 204, 412 | compare-and-swap: only if the key holds `V` (percent-encoded) |
 //! | `PUT /kv/{key}?prevExist=false` body=value | 204, 412 | create: only if the key is absent |
 //! | `DELETE /kv/{key}?prevValue=V` | 204, 412 | delete only if the key holds `V` |
+//! | `GET /kv?cursor=C&prefix=P&limit=N` | 200 JSON | one scan page in ring order: `{"pairs":[...],"cursor":"...","done":bool}` |
+//! | `POST /batch` JSON | 200 JSON, 204 | `{"get":[keys]}` → `{"pairs":[...]}`; `{"put":{key:value},"ttl":S}` or `{"delete":[keys]}` → 204 |
 //! | `GET /health` | 200 | |
 //! | `GET /status` | 200 JSON | store id, regions, leaders, raft positions |
 //! | `GET /metrics` | 200 | Prometheus text |
 //!
-//! Keys are the percent-decoded bytes of the path after `/kv/`. Every error has the body
-//! `{"error":{"code":"...","message":"..."}}`; the mapping from errors to status codes lives
-//! in `error_response` and nowhere else.
+//! Keys are the percent-decoded bytes of the path after `/kv/`. In JSON, a key or value is a
+//! string when it is UTF-8, else given as `key_base64` / `value_base64`. Every error has the
+//! body `{"error":{"code":"...","message":"..."}}`; the mapping from errors to status codes
+//! lives in `error_response` and `kv_response_to_http` and nowhere else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,27 +31,13 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::kv::KvService;
+use super::limits::Limits;
 use crate::proto::kvpb::{
-    kv_request, kv_response, region_error, CasRequest, Consistency, DeleteRequest, GetRequest,
-    KvRequest, KvResponse, PutRequest,
+    kv_request, kv_response, region_error, BatchDeleteRequest, BatchGetRequest, BatchPutRequest,
+    CasRequest, Consistency, DeleteRequest, GetRequest, KvPair, KvRequest, KvResponse, PutRequest,
+    ScanRequest,
 };
 use crate::raftstore::{PeerMsg, RegionStatus};
-
-/// Size limits on client input.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_key_bytes: 4096,
-            max_value_bytes: 1 << 20,
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -66,6 +55,7 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/kv", any(kv_handler))
         .route("/kv/", any(kv_handler))
         .route("/kv/{*key}", any(kv_handler))
+        .route("/batch", any(batch_handler))
         .route(
             "/health",
             get(|| async { Json200(json!({"status": "ok"})) }),
@@ -76,7 +66,7 @@ pub fn router(state: HttpState) -> axum::Router {
             error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such endpoint; see /kv/{key}, /status, /health, /metrics",
+                "no such endpoint; see /kv/{key}, /kv?cursor=, /batch, /status, /health, /metrics",
             )
         })
         .with_state(state)
@@ -115,6 +105,16 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 fn kv_response_to_http(response: KvResponse) -> Response {
     match response.result {
         Some(kv_response::Result::Done(_)) => StatusCode::NO_CONTENT.into_response(),
+        Some(kv_response::Result::BatchGet(batch)) => {
+            Json200(json!({"pairs": batch.pairs.iter().map(pair_json).collect::<Vec<_>>()}))
+                .into_response()
+        }
+        Some(kv_response::Result::Scan(page)) => Json200(json!({
+            "pairs": page.pairs.iter().map(pair_json).collect::<Vec<_>>(),
+            "cursor": hex_encode(&page.next_cursor),
+            "done": page.done,
+        }))
+        .into_response(),
         Some(kv_response::Result::Get(get)) if get.found => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -185,31 +185,106 @@ pub fn percent_decode_strict(input: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The query parameters of a `/kv` request. Each request kind accepts only its own
+/// parameters; anything else is refused (a typo must not silently change meaning).
+#[derive(Default)]
+struct KvQuery {
+    consistency: Option<Consistency>,
+    prev_value: Option<Vec<u8>>,
+    prev_exist_false: bool,
+    ttl_secs: Option<u64>,
+    cursor: Option<Vec<u8>>,
+    prefix: Option<Vec<u8>>,
+    limit: Option<u32>,
+}
+
+/// Which kind of `/kv` request a query belongs to, for the parameters it may carry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KvRoute {
+    Get,
+    Scan,
+    Put,
+    Delete,
+}
+
+impl KvRoute {
+    fn allows(self, name: &str) -> bool {
+        match self {
+            KvRoute::Get => name == "consistency",
+            KvRoute::Scan => matches!(name, "consistency" | "cursor" | "prefix" | "limit"),
+            KvRoute::Put => matches!(name, "prevValue" | "prevExist" | "ttl"),
+            KvRoute::Delete => name == "prevValue",
+        }
+    }
+}
+
 #[allow(clippy::result_large_err)]
-fn consistency_of(query: Option<&str>) -> Result<Consistency, Response> {
-    let mut consistency = Consistency::Linearizable;
+fn parse_query(query: Option<&str>, route: KvRoute) -> Result<KvQuery, Response> {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_query", &message);
+    let mut parsed = KvQuery::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        consistency = match (name, value) {
-            ("consistency", "linearizable") => Consistency::Linearizable,
-            ("consistency", "stale") => Consistency::Stale,
-            ("consistency", other) => {
-                return Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    &format!("consistency must be linearizable or stale, not {other:?}"),
-                ))
-            }
-            _ => {
-                return Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    &format!("unknown query parameter {name:?}"),
-                ))
-            }
+        if !route.allows(name) {
+            return Err(bad(format!(
+                "unknown query parameter {name:?} for this request"
+            )));
+        }
+        let decoded = || {
+            percent_decode_strict(value)
+                .ok_or_else(|| bad(format!("{name} is not valid percent-encoding")))
         };
+        match name {
+            "consistency" => {
+                parsed.consistency = Some(match value {
+                    "linearizable" => Consistency::Linearizable,
+                    "stale" => Consistency::Stale,
+                    other => {
+                        return Err(bad(format!(
+                            "consistency must be linearizable or stale, not {other:?}"
+                        )))
+                    }
+                })
+            }
+            "prevValue" => parsed.prev_value = Some(decoded()?),
+            "prevExist" if value == "false" => parsed.prev_exist_false = true,
+            "prevExist" => {
+                return Err(bad(format!(
+                    "prevExist supports only prevExist=false, not {value:?}"
+                )))
+            }
+            "ttl" => {
+                parsed.ttl_secs = Some(value.parse().map_err(|_| {
+                    bad(format!(
+                        "ttl must be a whole number of seconds, not {value:?}"
+                    ))
+                })?)
+            }
+            "cursor" => {
+                parsed.cursor = Some(hex_decode(value).ok_or_else(|| {
+                    error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_cursor",
+                        "the cursor is not one a scan returned (hex expected)",
+                    )
+                })?)
+            }
+            "prefix" => parsed.prefix = Some(decoded()?),
+            "limit" => {
+                parsed.limit = Some(value.parse().map_err(|_| {
+                    error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_limit",
+                        &format!("limit must be a number from 1 to 1000, not {value:?}"),
+                    )
+                })?)
+            }
+            _ => return Err(bad(format!("unknown query parameter {name:?}"))),
+        }
     }
-    Ok(consistency)
+    if parsed.prev_value.is_some() && parsed.prev_exist_false {
+        return Err(bad("give at most one of prevValue and prevExist".to_owned()));
+    }
+    Ok(parsed)
 }
 
 async fn kv_handler(
@@ -232,50 +307,34 @@ async fn kv_handler(
             )
         }
     };
-    let response = match build_request(&state, &method, &uri, query.as_deref(), body).await {
-        Ok(request) => kv_response_to_http(state.kv.execute(request).await),
-        Err(response) => response,
+    let (op, response) = match build_request(&state, &method, &uri, query.as_deref(), body).await {
+        Ok(request) => {
+            let op = if matches!(request.op, Some(kv_request::Op::Scan(_))) {
+                "scan"
+            } else {
+                op
+            };
+            (op, execute(&state, request).await)
+        }
+        Err(response) => (op, response),
     };
+    record_request(op, &response, started);
+    response
+}
+
+/// Checks `request` against the limits and executes it.
+async fn execute(state: &HttpState, request: KvRequest) -> Response {
+    match state.limits.check(&request) {
+        Ok(()) => kv_response_to_http(state.kv.execute(request).await),
+        Err(invalid) => error_response(StatusCode::BAD_REQUEST, invalid.code, &invalid.message),
+    }
+}
+
+fn record_request(op: &'static str, response: &Response, started: std::time::Instant) {
     let status = response.status().as_u16().to_string();
     metrics::counter!("ringkv_http_requests_total", "op" => op, "status" => status).increment(1);
     metrics::histogram!("ringkv_http_request_duration_seconds", "op" => op)
         .record(started.elapsed().as_secs_f64());
-    response
-}
-
-/// The precondition of a conditional PUT or DELETE, from `prevValue=V` / `prevExist=false`
-/// (etcd v2's names).
-enum Precondition {
-    None,
-    Absent,
-    Value(Vec<u8>),
-}
-
-#[allow(clippy::result_large_err)]
-fn precondition_of(query: Option<&str>, method: &Method) -> Result<Precondition, Response> {
-    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_query", &message);
-    let mut precondition = Precondition::None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let next = match name {
-            "prevValue" => Precondition::Value(
-                percent_decode_strict(value)
-                    .ok_or_else(|| bad("prevValue is not valid percent-encoding".to_owned()))?,
-            ),
-            "prevExist" if value == "false" && *method == Method::PUT => Precondition::Absent,
-            "prevExist" => {
-                return Err(bad(format!(
-                    "prevExist supports only prevExist=false on PUT, not {value:?} on {method}"
-                )))
-            }
-            _ => return Err(bad(format!("unknown query parameter {name:?}"))),
-        };
-        if !matches!(precondition, Precondition::None) {
-            return Err(bad("give at most one of prevValue and prevExist".to_owned()));
-        }
-        precondition = next;
-    }
-    Ok(precondition)
 }
 
 #[allow(clippy::result_large_err)]
@@ -295,6 +354,18 @@ async fn build_request(
             "the key is not valid percent-encoding (% must be followed by two hex digits)",
         )
     })?;
+    if key.is_empty() && *method == Method::GET {
+        let query = parse_query(query, KvRoute::Scan)?;
+        return Ok(KvRequest {
+            op: Some(kv_request::Op::Scan(ScanRequest {
+                cursor: query.cursor.unwrap_or_default().into(),
+                prefix: query.prefix.unwrap_or_default().into(),
+                limit: query.limit.unwrap_or(0),
+                consistency: query.consistency.unwrap_or_default() as i32,
+                context: None,
+            })),
+        });
+    }
     if key.is_empty() {
         return Err(error_response(
             StatusCode::BAD_REQUEST,
@@ -302,23 +373,18 @@ async fn build_request(
             "the key must not be empty: use /kv/{key}",
         ));
     }
-    if key.len() > state.limits.max_key_bytes {
-        return Err(error_response(
-            StatusCode::BAD_REQUEST,
-            "key_too_large",
-            &format!(
-                "the key has {} bytes; the limit is {}",
-                key.len(),
-                state.limits.max_key_bytes
-            ),
-        ));
-    }
+    let key = bytes::Bytes::from(key);
     let op = match *method {
-        Method::GET => kv_request::Op::Get(GetRequest {
-            key: key.into(),
-            consistency: consistency_of(query)? as i32,
-        }),
+        Method::GET => {
+            let query = parse_query(query, KvRoute::Get)?;
+            kv_request::Op::Get(GetRequest {
+                key,
+                consistency: query.consistency.unwrap_or_default() as i32,
+                context: None,
+            })
+        }
         Method::PUT => {
+            let query = parse_query(query, KvRoute::Put)?;
             let limit = state.limits.max_value_bytes;
             let value = axum::body::to_bytes(body, limit).await.map_err(|_| {
                 error_response(
@@ -327,36 +393,168 @@ async fn build_request(
                     &format!("the value exceeds the limit of {limit} bytes"),
                 )
             })?;
-            match precondition_of(query, method)? {
-                Precondition::None => kv_request::Op::Put(PutRequest {
-                    key: key.into(),
+            let ttl_secs = query.ttl_secs.unwrap_or(0);
+            match (query.prev_exist_false, query.prev_value) {
+                (false, None) => kv_request::Op::Put(PutRequest {
+                    key,
                     value,
+                    ttl_secs,
+                    context: None,
                 }),
-                Precondition::Absent => kv_request::Op::Cas(CasRequest {
-                    key: key.into(),
+                (true, _) => kv_request::Op::Cas(CasRequest {
+                    key,
                     expect_absent: true,
                     new_value: value,
+                    ttl_secs,
                     ..Default::default()
                 }),
-                Precondition::Value(expected) => kv_request::Op::Cas(CasRequest {
-                    key: key.into(),
+                (false, Some(expected)) => kv_request::Op::Cas(CasRequest {
+                    key,
                     expected_value: expected.into(),
                     new_value: value,
+                    ttl_secs,
                     ..Default::default()
                 }),
             }
         }
-        _ => match precondition_of(query, method)? {
-            Precondition::Value(expected) => kv_request::Op::Cas(CasRequest {
-                key: key.into(),
+        _ => match parse_query(query, KvRoute::Delete)?.prev_value {
+            Some(expected) => kv_request::Op::Cas(CasRequest {
+                key,
                 expected_value: expected.into(),
                 delete: true,
                 ..Default::default()
             }),
-            _ => kv_request::Op::Delete(DeleteRequest { key: key.into() }),
+            None => kv_request::Op::Delete(DeleteRequest { key, context: None }),
         },
     };
     Ok(KvRequest { op: Some(op) })
+}
+
+/// The body of `POST /batch`: exactly one of `get`, `put`, `delete`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    get: Option<Vec<String>>,
+    put: Option<std::collections::BTreeMap<String, String>>,
+    delete: Option<Vec<String>>,
+    ttl: Option<u64>,
+    consistency: Option<String>,
+}
+
+async fn batch_handler(State(state): State<HttpState>, method: Method, body: Body) -> Response {
+    let started = std::time::Instant::now();
+    if method != Method::POST {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{method} is not supported on /batch; use POST"),
+        );
+    }
+    let (op, response) = match batch_request(&state, body).await {
+        Ok((op, request)) => (op, execute(&state, request).await),
+        Err(response) => ("batch", response),
+    };
+    record_request(op, &response, started);
+    response
+}
+
+#[allow(clippy::result_large_err)]
+async fn batch_request(
+    state: &HttpState,
+    body: Body,
+) -> Result<(&'static str, KvRequest), Response> {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_batch", &message);
+    let limit = state.limits.max_batch_bytes * 2 + 4096;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            &format!("the batch body exceeds {limit} bytes"),
+        )
+    })?;
+    let batch: BatchBody = serde_json::from_slice(&bytes)
+        .map_err(|err| bad(format!("the body is not a batch: {err}")))?;
+    let consistency = match batch.consistency.as_deref() {
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("stale") => Consistency::Stale,
+        Some(other) => {
+            return Err(bad(format!(
+                "consistency must be linearizable or stale, not {other:?}"
+            )))
+        }
+    };
+    let keys = |keys: Vec<String>| keys.into_iter().map(bytes::Bytes::from).collect();
+    let (op, request) = match (batch.get, batch.put, batch.delete) {
+        (Some(get), None, None) if batch.ttl.is_none() => (
+            "batch_get",
+            kv_request::Op::BatchGet(BatchGetRequest {
+                keys: keys(get),
+                consistency: consistency as i32,
+                context: None,
+            }),
+        ),
+        (None, Some(put), None) if batch.consistency.is_none() => (
+            "batch_put",
+            kv_request::Op::BatchPut(BatchPutRequest {
+                pairs: put
+                    .into_iter()
+                    .map(|(key, value)| KvPair {
+                        key: key.into(),
+                        value: value.into(),
+                    })
+                    .collect(),
+                ttl_secs: batch.ttl.unwrap_or(0),
+                context: None,
+            }),
+        ),
+        (None, None, Some(delete)) if batch.ttl.is_none() && batch.consistency.is_none() => (
+            "batch_delete",
+            kv_request::Op::BatchDelete(BatchDeleteRequest {
+                keys: keys(delete),
+                context: None,
+            }),
+        ),
+        _ => {
+            return Err(bad(
+                "give exactly one of get (with optional consistency), put (with optional ttl) \
+                 or delete"
+                    .into(),
+            ))
+        }
+    };
+    Ok((op, KvRequest { op: Some(request) }))
+}
+
+/// A pair in JSON: strings when UTF-8, base64 otherwise.
+fn pair_json(pair: &KvPair) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut object = serde_json::Map::new();
+    for (name, bytes) in [("key", &pair.key), ("value", &pair.value)] {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => object.insert(name.into(), text.into()),
+            Err(_) => object.insert(
+                format!("{name}_base64"),
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
+            ),
+        };
+    }
+    serde_json::Value::Object(object)
+}
+
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 async fn status_handler(State(state): State<HttpState>) -> Response {

@@ -1,12 +1,16 @@
 //! A ringkv node: the raftstore, the QUIC transport and the client-facing HTTP server,
 //! wired together. This is the top of the dependency stack; nothing below imports it.
 
+mod expiry;
+mod grpc;
 mod http;
 mod kv;
+pub mod limits;
 pub mod placement;
 
-pub use http::{collect_region_status, percent_decode_strict, Limits};
+pub use http::{collect_region_status, percent_decode_strict};
 pub use kv::{KvService, RegionLocator};
+pub use limits::Limits;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,6 +75,8 @@ pub struct NodeConfig {
     pub pollers: usize,
     pub limits: Limits,
     pub request_timeout: Duration,
+    /// Between passes deleting expired keys of the regions this node leads (zero: never).
+    pub expired_reclaim_interval: Duration,
 }
 
 impl NodeConfig {
@@ -262,6 +268,7 @@ pub struct Node {
     http: JoinHandle<()>,
     heartbeats: Option<JoinHandle<()>>,
     disk_monitor: JoinHandle<()>,
+    expiry: Option<JoinHandle<()>>,
     http_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -379,7 +386,7 @@ impl Node {
         };
 
         let state = http::HttpState {
-            kv,
+            kv: kv.clone(),
             limits: cfg.limits,
             store_id,
             raft_addr: raft_addr.to_string(),
@@ -397,7 +404,13 @@ impl Node {
             source,
         })?;
         let (http_shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let app = http::router(state);
+        let expiry = (!cfg.expired_reclaim_interval.is_zero()).then(|| {
+            tokio::spawn(tracing::Instrument::instrument(
+                expiry::run(kv.clone(), cfg.expired_reclaim_interval),
+                tracing::info_span!("store", store = store_id),
+            ))
+        });
+        let app = http::router(state).merge(grpc::routes(kv.clone(), cfg.limits));
         let http = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = shutdown_rx.await;
@@ -416,6 +429,7 @@ impl Node {
             http,
             heartbeats,
             disk_monitor,
+            expiry,
             http_shutdown: Some(http_shutdown),
         })
     }
@@ -430,6 +444,9 @@ impl Node {
             heartbeats.abort();
         }
         self.disk_monitor.abort();
+        if let Some(expiry) = self.expiry.take() {
+            expiry.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.http).await;
         let mut store = self.store;
         tokio::task::spawn_blocking(move || store.shutdown())
