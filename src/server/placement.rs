@@ -249,7 +249,8 @@ pub async fn join(
         id: store_id,
         raft_addr: advertised.raft_addr.clone(),
         http_addr: advertised.http_addr.clone(),
-        grpc_addr: String::new(),
+        // gRPC is served on the HTTP port.
+        grpc_addr: advertised.http_addr.clone(),
     };
     let local = raftstore::stored_regions(engine)?;
     if !link.bootstrapped().await? {
