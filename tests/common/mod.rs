@@ -724,6 +724,16 @@ impl Cluster {
         cluster
     }
 
+    /// The client port of node `id` (HTTP and gRPC).
+    pub fn http_addr(&self, id: usize) -> SocketAddr {
+        self.node(id).http_addr
+    }
+
+    /// Where node `id` keeps its data (its RocksDB is `db` inside).
+    pub fn data_dir(&self, id: usize) -> PathBuf {
+        self.node(id).data_dir.clone()
+    }
+
     fn node(&self, id: usize) -> &Node {
         assert!(
             (1..=self.nodes.len()).contains(&id),
