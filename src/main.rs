@@ -191,6 +191,11 @@ struct CertsArgs {
     /// Make certificates for node ids 1..=N.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    /// Also make what TLS on the client port needs: client-server.pem/.key (the port's
+    /// certificate, signed by ca.pem, for localhost/127.0.0.1/::1), client-ca.pem/.key (a CA
+    /// for client certificates only) and client.pem/.key (a client certificate it signed).
+    #[arg(long)]
+    client_tls: bool,
 }
 
 fn parse_cluster(cluster: &[String]) -> Result<Vec<SocketAddr>, String> {
@@ -265,6 +270,24 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node = Node::start(cfg, material).await?;
     wait_for_signal().await;
     node.shutdown().await;
+    Ok(())
+}
+
+fn write_certs(args: &CertsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let ids: Vec<u64> = (1..=args.nodes).collect();
+    tls::write_certs_dir(&args.dir, &ids)?;
+    println!(
+        "certificates for nodes 1..={} in {}",
+        args.nodes,
+        args.dir.display()
+    );
+    if args.client_tls {
+        tls::write_client_tls_certs(&args.dir)?;
+        println!(
+            "client TLS: client-server.pem/.key for the nodes' client port, client-ca.pem \
+             (--client-tls-client-ca) and client.pem/.key for clients"
+        );
+    }
     Ok(())
 }
 
@@ -362,18 +385,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Certs(args) => {
-                let ids: Vec<u64> = (1..=args.nodes).collect();
-                tls::write_certs_dir(&args.dir, &ids)
-                    .map(|()| {
-                        println!(
-                            "certificates for nodes 1..={} in {}",
-                            args.nodes,
-                            args.dir.display()
-                        )
-                    })
-                    .map_err(Into::into)
-            }
+            Command::Certs(args) => write_certs(&args),
         }
     });
     match result {
