@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ringkv::server::{Limits, Membership, Node, NodeConfig};
+use ringkv::server::{ClientTls, Limits, Membership, Node, NodeConfig};
 use ringkv::transport::tls;
 
 #[derive(Parser)]
@@ -109,6 +109,17 @@ struct NodeArgs {
     /// Address for the client HTTP API.
     #[arg(long, default_value = "127.0.0.1:12380")]
     http_addr: SocketAddr,
+    /// Serve the client port (--http-addr) over TLS with this certificate chain (PEM, leaf
+    /// first); needs --client-tls-key. Plaintext connections are then refused.
+    #[arg(long, requires = "client_tls_key")]
+    client_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-tls-cert.
+    #[arg(long, requires = "client_tls_cert")]
+    client_tls_key: Option<PathBuf>,
+    /// Require every client of the TLS client port to present a certificate signed by this
+    /// CA (PEM; `client-ca.pem` of `ringkv certs --client-tls`); needs --client-tls-cert.
+    #[arg(long, requires_all = ["client_tls_cert", "client_tls_key"])]
+    client_tls_client_ca: Option<PathBuf>,
     /// Directory for this node's RocksDB and snapshots.
     #[arg(long)]
     data_dir: PathBuf,
@@ -242,12 +253,22 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(ca), Some(cert), Some(key)) => tls::TlsMaterial::from_files(ca, cert, key)?,
         _ => return Err("give --certs-dir, or --ca-cert with --cert and --key".into()),
     };
+    let client_tls = match (&args.client_tls_cert, &args.client_tls_key) {
+        (Some(cert), Some(key)) => Some(ClientTls::from_files(
+            cert,
+            key,
+            args.client_tls_client_ca.as_deref(),
+        )?),
+        (None, None) => None,
+        _ => return Err("give --client-tls-cert and --client-tls-key together".into()),
+    };
     if args.election_ticks <= args.heartbeat_ticks {
         return Err("--election-ticks must be greater than --heartbeat-ticks".into());
     }
     let cfg = NodeConfig {
         membership,
         http_addr: args.http_addr,
+        client_tls,
         data_dir: args.data_dir,
         initial_regions: args.initial_regions.max(1),
         raft_tick_ms: args.raft_tick_ms.max(1),
