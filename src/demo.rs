@@ -52,6 +52,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
                 heartbeat_interval: Duration::from_secs(1),
             },
             http_addr: format!("{}:{http_port}", cfg.host).parse()?,
+            client_tls: None,
             data_dir: cfg.data_dir.join(format!("node{n}")),
             initial_regions: cfg.initial_regions,
             raft_tick_ms: 100,

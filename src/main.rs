@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ringkv::server::{Limits, Membership, Node, NodeConfig};
+use ringkv::server::{ClientTls, Limits, Membership, Node, NodeConfig};
 use ringkv::transport::tls;
 
 #[derive(Parser)]
@@ -109,6 +109,17 @@ struct NodeArgs {
     /// Address for the client HTTP API.
     #[arg(long, default_value = "127.0.0.1:12380")]
     http_addr: SocketAddr,
+    /// Serve the client port (--http-addr) over TLS with this certificate chain (PEM, leaf
+    /// first); needs --client-tls-key. Plaintext connections are then refused.
+    #[arg(long, requires = "client_tls_key")]
+    client_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-tls-cert.
+    #[arg(long, requires = "client_tls_cert")]
+    client_tls_key: Option<PathBuf>,
+    /// Require every client of the TLS client port to present a certificate signed by this
+    /// CA (PEM; `client-ca.pem` of `ringkv certs --client-tls`); needs --client-tls-cert.
+    #[arg(long, requires_all = ["client_tls_cert", "client_tls_key"])]
+    client_tls_client_ca: Option<PathBuf>,
     /// Directory for this node's RocksDB and snapshots.
     #[arg(long)]
     data_dir: PathBuf,
@@ -201,6 +212,11 @@ struct CertsArgs {
     /// Make certificates for node ids 1..=N.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    /// Also make what TLS on the client port needs: client-server.pem/.key (the port's
+    /// certificate, signed by ca.pem, for localhost/127.0.0.1/::1), client-ca.pem/.key (a CA
+    /// for client certificates only) and client.pem/.key (a client certificate it signed).
+    #[arg(long)]
+    client_tls: bool,
 }
 
 fn parse_cluster(cluster: &[String]) -> Result<Vec<SocketAddr>, String> {
@@ -247,12 +263,22 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(ca), Some(cert), Some(key)) => tls::TlsMaterial::from_files(ca, cert, key)?,
         _ => return Err("give --certs-dir, or --ca-cert with --cert and --key".into()),
     };
+    let client_tls = match (&args.client_tls_cert, &args.client_tls_key) {
+        (Some(cert), Some(key)) => Some(ClientTls::from_files(
+            cert,
+            key,
+            args.client_tls_client_ca.as_deref(),
+        )?),
+        (None, None) => None,
+        _ => return Err("give --client-tls-cert and --client-tls-key together".into()),
+    };
     if args.election_ticks <= args.heartbeat_ticks {
         return Err("--election-ticks must be greater than --heartbeat-ticks".into());
     }
     let cfg = NodeConfig {
         membership,
         http_addr: args.http_addr,
+        client_tls,
         data_dir: args.data_dir,
         initial_regions: args.initial_regions.max(1),
         raft_tick_ms: args.raft_tick_ms.max(1),
@@ -278,6 +304,24 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node = Node::start(cfg, material).await?;
     wait_for_signal().await;
     node.shutdown().await;
+    Ok(())
+}
+
+fn write_certs(args: &CertsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let ids: Vec<u64> = (1..=args.nodes).collect();
+    tls::write_certs_dir(&args.dir, &ids)?;
+    println!(
+        "certificates for nodes 1..={} in {}",
+        args.nodes,
+        args.dir.display()
+    );
+    if args.client_tls {
+        tls::write_client_tls_certs(&args.dir)?;
+        println!(
+            "client TLS: client-server.pem/.key for the nodes' client port, client-ca.pem \
+             (--client-tls-client-ca) and client.pem/.key for clients"
+        );
+    }
     Ok(())
 }
 
@@ -375,18 +419,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Certs(args) => {
-                let ids: Vec<u64> = (1..=args.nodes).collect();
-                tls::write_certs_dir(&args.dir, &ids)
-                    .map(|()| {
-                        println!(
-                            "certificates for nodes 1..={} in {}",
-                            args.nodes,
-                            args.dir.display()
-                        )
-                    })
-                    .map_err(Into::into)
-            }
+            Command::Certs(args) => write_certs(&args),
         }
     });
     match result {

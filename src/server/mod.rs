@@ -1,13 +1,17 @@
-//! A ringkv node: the raftstore, the QUIC transport and the client-facing HTTP server,
-//! wired together. This is the top of the dependency stack; nothing below imports it.
+//! A ringkv node: the raftstore, the QUIC transport and the client-facing HTTP server
+//! (plaintext or TLS), wired together. This is the top of the dependency stack; nothing below
+//! imports it.
 
+mod client_tls;
 mod expiry;
 mod grpc;
 mod http;
 mod kv;
 pub mod limits;
+mod listener;
 pub mod placement;
 
+pub use client_tls::{ClientTls, ClientTlsError};
 pub use http::{collect_region_status, percent_decode_strict};
 pub use kv::{KvService, RegionLocator};
 pub use limits::Limits;
@@ -66,6 +70,8 @@ pub struct NodeConfig {
     /// this (0 = never).
     pub reserve_space_bytes: u64,
     pub http_addr: SocketAddr,
+    /// TLS on `http_addr` (HTTP/1.1 and HTTP/2 over ALPN); `None` serves plaintext.
+    pub client_tls: Option<ClientTls>,
     pub data_dir: PathBuf,
     pub initial_regions: u64,
     pub raft_tick_ms: u64,
@@ -415,15 +421,16 @@ impl Node {
         let app = grpc::routes(kv.clone(), cfg.limits)
             .merge(http::router(state))
             .fallback(http::not_found);
-        let http = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = shutdown_rx.await;
-            });
-            if let Err(err) = serve.await {
-                tracing::error!(%err, "HTTP server stopped");
-            }
-        });
-        tracing::info!(store = store_id, %http_addr, %raft_addr, "node started");
+        let tls = cfg.client_tls.as_ref().map(ClientTls::server_config);
+        let http = tokio::spawn(listener::serve(listener, app, tls, async move {
+            let _ = shutdown_rx.await;
+        }));
+        let client_tls = match &cfg.client_tls {
+            None => "off",
+            Some(tls) if tls.requires_client_certificates() => "client certificates required",
+            Some(_) => "server certificate only",
+        };
+        tracing::info!(store = store_id, %http_addr, %raft_addr, client_tls, "node started");
         Ok(Node {
             store_id,
             http_addr,

@@ -21,7 +21,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::pem::PemObject;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -111,33 +112,53 @@ impl TlsMaterial {
     }
 
     fn ca_roots(&self) -> Result<Arc<RootCertStore>> {
-        let ca = CertificateDer::from_pem_slice(self.ca_cert_pem.as_bytes()).map_err(|source| {
-            TlsError::Pem {
-                what: "CA certificate",
-                source,
-            }
-        })?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca)?;
-        Ok(Arc::new(roots))
+        parse_trust_roots(&self.ca_cert_pem, "CA certificate")
     }
 
     fn cert_chain(&self) -> Result<Vec<CertificateDer<'static>>> {
-        let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|source| {
-            TlsError::Pem {
-                what: "node certificate",
-                source,
-            }
-        })?;
-        Ok(vec![cert])
+        parse_cert_chain(&self.cert_pem, "node certificate")
     }
 
     fn private_key(&self) -> Result<PrivateKeyDer<'static>> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|source| TlsError::Pem {
-            what: "node private key",
-            source,
-        })
+        parse_private_key(&self.key_pem, "node private key")
     }
+}
+
+/// The crypto provider every rustls configuration of this crate is built with (see the module
+/// docs for why it is always passed explicitly).
+pub(crate) fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in `pem`, in file order: the leaf first, then any intermediates. `what`
+/// names the text in errors.
+pub(crate) fn parse_cert_chain(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>> {
+    let pem_error = |source| TlsError::Pem { what, source };
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error)?;
+    if chain.is_empty() {
+        return Err(pem_error(PemError::NoItemsFound));
+    }
+    Ok(chain)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in `pem`.
+pub(crate) fn parse_private_key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| TlsError::Pem { what, source })
+}
+
+/// A trust store of every certificate in `pem`: one CA, or a bundle of the old and the new CA
+/// while a CA is being rotated.
+pub(crate) fn parse_trust_roots(pem: &str, what: &'static str) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for ca in parse_cert_chain(pem, what)? {
+        roots.add(ca)?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// The cluster certificate authority: signs node certificates.
@@ -186,24 +207,20 @@ impl CertificateAuthority {
         &self.key_pem
     }
 
-    /// Issues a node certificate signed by this CA, usable as both TLS server and TLS client
-    /// certificate, valid for [`SERVER_NAME`], `localhost`, 127.0.0.1 and ::1.
+    /// Issues a node certificate signed by this CA (see [`CertificateRole::Node`]).
     pub fn issue(&self, node_name: &str) -> Result<TlsMaterial> {
+        self.issue_as(node_name, CertificateRole::Node)
+    }
+
+    /// Issues a certificate for `role`, signed by this CA, with a fresh ECDSA P-256 key.
+    pub fn issue_as(&self, common_name: &str, role: CertificateRole) -> Result<TlsMaterial> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(node_name);
-        params.subject_alt_names = vec![
-            SanType::DnsName(SERVER_NAME.try_into()?),
-            SanType::DnsName("localhost".try_into()?),
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-        ];
+        params.distinguished_name = distinguished_name(common_name);
+        params.subject_alt_names = role.subject_alt_names()?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = role.extended_key_usages();
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(TlsMaterial {
@@ -211,6 +228,48 @@ impl CertificateAuthority {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+/// What a certificate issued by a [`CertificateAuthority`] is for; it decides the names and
+/// the extended key usages the certificate carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateRole {
+    /// A store on the raft transport: TLS server and TLS client (one QUIC endpoint plays
+    /// both), valid for [`SERVER_NAME`], `localhost`, 127.0.0.1 and ::1.
+    Node,
+    /// A node's client-facing port (HTTP/gRPC): TLS server only, valid for `localhost`,
+    /// 127.0.0.1 and ::1. Without client auth it can never pass as a store.
+    ClientPort,
+    /// A client of the client-facing port: TLS client only, no names.
+    Client,
+}
+
+impl CertificateRole {
+    fn subject_alt_names(self) -> Result<Vec<SanType>> {
+        let loopback = [
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ];
+        Ok(match self {
+            Self::Node => std::iter::once(SanType::DnsName(SERVER_NAME.try_into()?))
+                .chain(loopback)
+                .collect(),
+            Self::ClientPort => loopback.to_vec(),
+            Self::Client => Vec::new(),
+        })
+    }
+
+    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
+        match self {
+            Self::Node => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Self::ClientPort => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Self::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        }
     }
 }
 
@@ -224,7 +283,7 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 /// Builds the QUIC server side: TLS 1.3 only, ring, client certificates REQUIRED and verified
 /// against the cluster CA alone.
 pub fn quinn_server_config(material: &TlsMaterial) -> Result<quinn::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = ring_provider();
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(material.ca_roots()?, provider.clone())
             .build()?;
@@ -243,7 +302,7 @@ pub fn quinn_server_config(material: &TlsMaterial) -> Result<quinn::ServerConfig
 /// Builds the QUIC client side: trusts the cluster CA only and authenticates with the node
 /// certificate. Connect with [`SERVER_NAME`] as the server name.
 pub fn quinn_client_config(material: &TlsMaterial) -> Result<quinn::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = ring_provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(material.ca_roots()?)
@@ -270,14 +329,11 @@ fn transport_config() -> Result<Arc<quinn::TransportConfig>> {
 
 /// Paths of the files [`write_certs_dir`] maintains.
 fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (dir.join("ca.pem"), dir.join("ca.key"))
+    named_paths(dir, "ca")
 }
 
 fn node_paths(dir: &Path, node_id: u64) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("node-{node_id}.pem")),
-        dir.join(format!("node-{node_id}.key")),
-    )
+    named_paths(dir, &format!("node-{node_id}"))
 }
 
 /// Makes (or completes) a development certificate directory: `ca.pem`, `ca.key`, and
@@ -304,10 +360,7 @@ pub fn write_certs_dir(dir: &Path, node_ids: &[u64]) -> Result<()> {
             "it has files but no ca.pem/ca.key pair; remove it or add the CA".into(),
         ));
     }
-    let ca = CertificateAuthority::from_pem(
-        &std::fs::read_to_string(&ca_cert_path).map_err(io_error(&ca_cert_path))?,
-        &std::fs::read_to_string(&ca_key_path).map_err(io_error(&ca_key_path))?,
-    )?;
+    let ca = load_ca(&ca_cert_path, &ca_key_path)?;
     for &node_id in node_ids {
         let (cert_path, key_path) = node_paths(dir, node_id);
         if cert_path.exists() && key_path.exists() {
@@ -325,6 +378,75 @@ pub fn write_certs_dir(dir: &Path, node_ids: &[u64]) -> Result<()> {
     Ok(())
 }
 
+/// Names (`NAME.pem` / `NAME.key`) of the files [`write_client_tls_certs`] adds.
+pub const CLIENT_PORT_CERT_NAME: &str = "client-server";
+pub const CLIENT_CA_NAME: &str = "client-ca";
+pub const CLIENT_CERT_NAME: &str = "client";
+
+/// Adds to a directory made by [`write_certs_dir`] what TLS on the nodes' client port needs:
+/// - `client-server.pem`/`.key`: the client port's certificate, signed by the cluster CA (so
+///   clients trust `ca.pem`), a TLS server certificate for `localhost`, 127.0.0.1 and ::1;
+/// - `client-ca.pem`/`.key`: a CA for client certificates (the node's
+///   `--client-tls-client-ca`), and `client.pem`/`.key`, a client certificate it signed.
+///
+/// Client certificates get their own CA because the raft transport admits any client
+/// certificate chaining to the cluster CA: one signed by the cluster CA would let its holder
+/// send raft messages. Existing files are kept; concurrent runs agree as in
+/// [`write_certs_dir`] (each pair is published key first).
+pub fn write_client_tls_certs(dir: &Path) -> Result<()> {
+    let (ca_cert_path, ca_key_path) = ca_paths(dir);
+    if !ca_cert_path.exists() || !ca_key_path.exists() {
+        return Err(TlsError::IncompleteDir(
+            dir.to_path_buf(),
+            "client TLS certificates need the cluster CA (ca.pem/ca.key) first".into(),
+        ));
+    }
+    let cluster_ca = load_ca(&ca_cert_path, &ca_key_path)?;
+    publish_missing_pair(dir, CLIENT_PORT_CERT_NAME, || {
+        let material = cluster_ca.issue_as("ringkv client port", CertificateRole::ClientPort)?;
+        Ok((material.cert_pem, material.key_pem))
+    })?;
+    publish_missing_pair(dir, CLIENT_CA_NAME, || {
+        let client_ca = CertificateAuthority::generate("ringkv client CA")?;
+        Ok((client_ca.cert_pem, client_ca.key_pem))
+    })?;
+    // Whichever process published client-ca, its pair is the one on disk now.
+    let (client_ca_cert_path, client_ca_key_path) = named_paths(dir, CLIENT_CA_NAME);
+    let client_ca = load_ca(&client_ca_cert_path, &client_ca_key_path)?;
+    publish_missing_pair(dir, CLIENT_CERT_NAME, || {
+        let material = client_ca.issue_as("ringkv client", CertificateRole::Client)?;
+        Ok((material.cert_pem, material.key_pem))
+    })
+}
+
+/// Publishes `NAME.pem`/`NAME.key` made by `make` (certificate PEM, key PEM) unless both exist.
+fn publish_missing_pair(
+    dir: &Path,
+    name: &str,
+    make: impl FnOnce() -> Result<(String, String)>,
+) -> Result<()> {
+    let (cert_path, key_path) = named_paths(dir, name);
+    if cert_path.exists() && key_path.exists() {
+        return Ok(());
+    }
+    let (cert_pem, key_pem) = make()?;
+    publish_pair(dir, &cert_pem, &key_pem, &cert_path, &key_path)
+}
+
+fn named_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    )
+}
+
+fn load_ca(cert_path: &Path, key_path: &Path) -> Result<CertificateAuthority> {
+    CertificateAuthority::from_pem(
+        &std::fs::read_to_string(cert_path).map_err(io_error(cert_path))?,
+        &std::fs::read_to_string(key_path).map_err(io_error(key_path))?,
+    )
+}
+
 /// Reads back what [`write_certs_dir`] wrote for one node.
 pub fn load_node_material(dir: &Path, node_id: u64) -> Result<TlsMaterial> {
     let (ca_cert_path, _) = ca_paths(dir);
@@ -335,11 +457,8 @@ pub fn load_node_material(dir: &Path, node_id: u64) -> Result<TlsMaterial> {
 /// Reads `ca.pem` plus `{name}.pem` / `{name}.key` from `dir` (e.g. `name` = `node-2`).
 pub fn load_named_material(dir: &Path, name: &str) -> Result<TlsMaterial> {
     let (ca_cert_path, _) = ca_paths(dir);
-    TlsMaterial::from_files(
-        &ca_cert_path,
-        &dir.join(format!("{name}.pem")),
-        &dir.join(format!("{name}.key")),
-    )
+    let (cert_path, key_path) = named_paths(dir, name);
+    TlsMaterial::from_files(&ca_cert_path, &cert_path, &key_path)
 }
 
 fn node_name(node_id: u64) -> String {
@@ -529,6 +648,38 @@ mod tests {
         );
         let node3 = load_node_material(&dir, 3).expect("node 3 added");
         assert_eq!(node3.ca_cert_pem, ca_before);
+    }
+
+    /// The client certificate `ringkv certs --client-tls` makes must not be a raft credential:
+    /// the store transport refuses it, and it chains only to `client-ca.pem`.
+    #[test]
+    fn client_tls_certs_are_kept_and_client_certs_cannot_pass_as_stores() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("certs");
+        write_certs_dir(&dir, &[1]).expect("cluster certificates");
+        write_client_tls_certs(&dir).expect("first run");
+        let client = load_named_material(&dir, CLIENT_CERT_NAME).expect("client pair");
+        write_client_tls_certs(&dir).expect("second run");
+        let again = load_named_material(&dir, CLIENT_CERT_NAME).expect("client pair");
+        assert_eq!(client.cert_pem, again.cert_pem, "existing files are kept");
+
+        let verify = |ca_pem: &str| {
+            let roots = parse_trust_roots(ca_pem, "CA").expect("roots");
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, ring_provider())
+                .build()
+                .expect("verifier");
+            let chain = parse_cert_chain(&client.cert_pem, "client").expect("chain");
+            verifier.verify_client_cert(&chain[0], &[], rustls::pki_types::UnixTime::now())
+        };
+        let cluster_ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
+        assert!(
+            verify(&cluster_ca).is_err(),
+            "a client certificate must not be accepted by the store transport's verifier"
+        );
+        let client_ca = std::fs::read_to_string(dir.join("client-ca.pem")).expect("client-ca");
+        verify(&client_ca).expect("client-ca.pem verifies the client certificate");
+        quinn_server_config(&load_named_material(&dir, CLIENT_PORT_CERT_NAME).expect("pair"))
+            .expect("the client port's key matches its certificate");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
@@ -154,6 +154,21 @@ pub struct ClusterOptions {
     /// How many nodes `Cluster::start` starts (the rest with [`Cluster::restart`]); all if
     /// `None`.
     pub initial_nodes: Option<usize>,
+    /// Plaintext or TLS on the nodes' client port; the harness's clients follow suit.
+    pub client_port: ClientPort,
+}
+
+/// How the nodes serve their client port (`--http-addr`). With TLS the certificates are the
+/// ones `ringkv certs --client-tls` writes into the cluster's certificate dir, and every
+/// harness client ([`Cluster::client`]) trusts `ca.pem` and presents `client.pem` if asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientPort {
+    #[default]
+    Plaintext,
+    /// `--client-tls-cert`/`--client-tls-key`: TLS, no client certificate asked.
+    Tls,
+    /// TLS plus `--client-tls-client-ca client-ca.pem`: client certificates required.
+    MutualTls,
 }
 
 /// Milliseconds between a node's heartbeats to placement in tests.
@@ -621,7 +636,10 @@ pub struct Cluster {
     relays: BTreeMap<(usize, usize), relay::Relay>,
     placement: Option<PlacementProc>,
     nodes: Vec<Node>,
+    /// For placement's plaintext HTTP.
     http: reqwest::Client,
+    /// For the nodes' client port: plaintext or HTTPS as [`ClientPort`] says.
+    node_http: reqwest::Client,
 }
 
 impl Cluster {
@@ -651,10 +669,11 @@ impl Cluster {
             .tempdir()
             .expect("creating the test's temp dir");
         let certs_dir = dir.path().join("certs");
-        make_certs(&certs_dir, node_count);
+        let client_tls = opts.client_port != ClientPort::Plaintext;
+        make_certs(&certs_dir, node_count, client_tls);
         let foreign_certs_dir = dir.path().join("foreign-certs");
         if !opts.foreign_ca_nodes.is_empty() {
-            make_certs(&foreign_certs_dir, node_count);
+            make_certs(&foreign_certs_dir, node_count, client_tls);
         }
         let (http_addrs, raft_addrs) = pick_free_ports(node_count);
         let nodes = (1..=node_count)
@@ -677,14 +696,20 @@ impl Cluster {
                 paused: Mutex::new(false),
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .timeout(HTTP_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            // Nodes are killed and restarted on the same port: a pooled connection to a dead
-            // process would turn the next request into a spurious transport error.
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("building the HTTP client");
+        let http = http_client(None);
+        let node_http = match opts.client_port {
+            ClientPort::Plaintext => http.clone(),
+            ClientPort::Tls | ClientPort::MutualTls => {
+                let ca = read_pem(&certs_dir.join("ca.pem"));
+                let cert = read_pem(&certs_dir.join("client.pem"));
+                let key = read_pem(&certs_dir.join("client.key"));
+                http_client(Some(client_tls_config(
+                    &ca,
+                    Some((&cert, &key)),
+                    &[b"http/1.1"],
+                )))
+            }
+        };
         let mut relays = BTreeMap::new();
         if opts.relays {
             for from in 1..=node_count {
@@ -714,6 +739,7 @@ impl Cluster {
             placement,
             nodes,
             http,
+            node_http,
         };
         if cluster.placement.is_some() {
             cluster.spawn_placement();
@@ -759,6 +785,31 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The cluster's certificate dir (`ringkv certs` output: `ca.pem`, node and, with
+    /// [`ClientPort`] TLS, client TLS files).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// `--client-tls-*` flags as [`ClusterOptions::client_port`] asks.
+    fn client_tls_args(&self) -> Vec<String> {
+        let file = |name: &str| self.certs_dir().join(name).display().to_string();
+        let mut args = match self.opts.client_port {
+            ClientPort::Plaintext => return vec![],
+            ClientPort::Tls | ClientPort::MutualTls => vec![
+                "--client-tls-cert".to_owned(),
+                file("client-server.pem"),
+                "--client-tls-key".to_owned(),
+                file("client-server.key"),
+            ],
+        };
+        if self.opts.client_port == ClientPort::MutualTls {
+            args.push("--client-tls-client-ca".to_owned());
+            args.push(file("client-ca.pem"));
+        }
+        args
     }
 
     fn placement_proc(&self) -> &PlacementProc {
@@ -900,6 +951,7 @@ impl Cluster {
                 args.push(value);
             }
         }
+        args.extend(self.client_tls_args());
         args.extend(self.opts.node_args.iter().cloned());
         args
     }
@@ -936,6 +988,7 @@ impl Cluster {
             args.push("--initial-regions".to_owned());
             args.push(regions.to_string());
         }
+        args.extend(self.client_tls_args());
         args.extend(self.opts.node_args.iter().cloned());
         args
     }
@@ -1171,12 +1224,22 @@ impl Cluster {
         }
     }
 
-    /// HTTP access to node `id`.
+    /// HTTP access to node `id` (HTTPS with [`ClientPort`] TLS).
     pub fn client(&self, id: usize) -> NodeClient {
+        self.client_using(id, self.node_http.clone())
+    }
+
+    /// Access to node `id` through `http` (e.g. a TLS client with another identity), with the
+    /// scheme [`ClientPort`] says.
+    pub fn client_using(&self, id: usize, http: reqwest::Client) -> NodeClient {
+        let scheme = match self.opts.client_port {
+            ClientPort::Plaintext => "http",
+            ClientPort::Tls | ClientPort::MutualTls => "https",
+        };
         NodeClient {
             node: id,
-            base_url: format!("http://{}", self.node(id).http_addr),
-            http: self.http.clone(),
+            base_url: format!("{scheme}://{}", self.node(id).http_addr),
+            http,
             timeout: None,
         }
     }
@@ -1454,20 +1517,25 @@ fn test_name() -> String {
         .collect()
 }
 
-/// `ringkv certs --dir DIR --nodes N`, checked.
-fn make_certs(dir: &Path, nodes: usize) {
-    let output = Command::new(RINGKV)
+/// `ringkv certs --dir DIR --nodes N [--client-tls]`, checked.
+fn make_certs(dir: &Path, nodes: usize, client_tls: bool) {
+    let mut command = Command::new(RINGKV);
+    command
         .arg("certs")
         .arg("--dir")
         .arg(dir)
         .arg("--nodes")
-        .arg(nodes.to_string())
+        .arg(nodes.to_string());
+    if client_tls {
+        command.arg("--client-tls");
+    }
+    let output = command
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {RINGKV} certs: {e}"));
     assert!(
         output.status.success(),
-        "`ringkv certs --dir {} --nodes {nodes}` failed with {}:\n{}{}",
+        "`ringkv certs --dir {} --nodes {nodes}` (client TLS: {client_tls}) failed with {}:\n{}{}",
         dir.display(),
         output.status,
         String::from_utf8_lossy(&output.stdout),
@@ -1478,6 +1546,12 @@ fn make_certs(dir: &Path, nodes: usize) {
         expected.push(format!("node-{id}.pem"));
         expected.push(format!("node-{id}.key"));
     }
+    if client_tls {
+        for name in ["client-server", "client-ca", "client"] {
+            expected.push(format!("{name}.pem"));
+            expected.push(format!("{name}.key"));
+        }
+    }
     for file in expected {
         assert!(
             dir.join(&file).is_file(),
@@ -1485,6 +1559,65 @@ fn make_certs(dir: &Path, nodes: usize) {
             dir.join(&file).display()
         );
     }
+}
+
+/// A PEM file's text; panics naming the file.
+pub fn read_pem(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The harness's HTTP client settings, over `tls` if given (see [`client_tls_config`]).
+pub fn http_client(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        // Nodes are killed and restarted on the same port: a pooled connection to a dead
+        // process would turn the next request into a spurious transport error.
+        .pool_max_idle_per_host(0);
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder.build().expect("building the HTTP client")
+}
+
+/// A TLS client configuration for a node's client port: trusts only `server_ca_pem` (no
+/// public roots), presents `client_cert` (certificate PEM, key PEM) when given, and offers
+/// the ALPN ids in `alpn` (`http/1.1` for the HTTP API, `h2` for gRPC). Ring provider, like
+/// the node.
+pub fn client_tls_config(
+    server_ca_pem: &str,
+    client_cert: Option<(&str, &str)>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(server_ca_pem.as_bytes()) {
+        roots
+            .add(ca.expect("the server CA is PEM"))
+            .expect("the server CA is a certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots);
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("the client certificate is PEM");
+            let key =
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("the client key is PEM");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("the client key matches its certificate")
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|id| id.to_vec()).collect();
+    config
 }
 
 /// `count` loopback TCP ports (HTTP) and `count` UDP ports (raft over QUIC) that were free a
