@@ -429,6 +429,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 let both = follow(wait, "the split", async || {
                     let now = get_region(&mut client, header, region).await?;
                     if region_version(&now) <= version {
+                        // Placement gives a split up when the region changes before it runs
+                        // (e.g. a membership change): no operator left and no new version.
+                        let in_flight = client
+                            .get_operators(GetOperatorsRequest { header })
+                            .await
+                            .map_err(refused)?
+                            .into_inner()
+                            .operators
+                            .iter()
+                            .any(|op| op.region_id == region);
+                        let again = get_region(&mut client, header, region).await?;
+                        if !in_flight && region_version(&again) <= version {
+                            return Err(CliError::Refused(format!(
+                                "the split of region {region} was cancelled by placement (the \
+                                 region changed before it ran); run it again"
+                            )));
+                        }
                         return Ok(None);
                     }
                     let end = now.region.as_ref().map_or(0, |r| r.end_hash);
