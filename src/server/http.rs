@@ -50,6 +50,7 @@ pub struct HttpState {
     pub data_dir: std::path::PathBuf,
 }
 
+/// The HTTP API's routes (no fallback: the caller adds `not_found` after merging gRPC).
 pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/kv", any(kv_handler))
@@ -62,14 +63,16 @@ pub fn router(state: HttpState) -> axum::Router {
         )
         .route("/status", get(status_handler))
         .route("/metrics", get(metrics_handler))
-        .fallback(|| async {
-            error_response(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see /kv/{key}, /kv?cursor=, /batch, /status, /health, /metrics",
-            )
-        })
         .with_state(state)
+}
+
+/// What a request for no known endpoint gets.
+pub async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /kv/{key}, /kv?cursor=, /batch, /status, /health, /metrics",
+    )
 }
 
 struct Json200(serde_json::Value);

@@ -410,7 +410,11 @@ impl Node {
                 tracing::info_span!("store", store = store_id),
             ))
         });
-        let app = http::router(state).merge(grpc::routes(kv.clone(), cfg.limits));
+        // gRPC and HTTP share the port; tonic's router brings a fallback of its own, replaced
+        // by the HTTP API's JSON 404.
+        let app = grpc::routes(kv.clone(), cfg.limits)
+            .merge(http::router(state))
+            .fallback(http::not_found);
         let http = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = shutdown_rx.await;
