@@ -37,9 +37,17 @@ async fn connect(cluster: &Cluster) -> Client {
         .expect("connecting the client to placement")
 }
 
+/// What a kvctl run printed.
+#[derive(Debug)]
+struct KvctlOutput {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
 /// Runs `kvctl --placement <placement> ARGS` off the async threads (a `--wait` takes seconds
-/// and the client tasks must keep running); stdout on success.
-async fn kvctl(cluster: &Cluster, args: &[&str]) -> String {
+/// and the client tasks must keep running).
+async fn run_kvctl(cluster: &Cluster, args: &[&str]) -> KvctlOutput {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"));
     command
         .arg("--placement")
@@ -50,12 +58,22 @@ async fn kvctl(cluster: &Cluster, args: &[&str]) -> String {
         .await
         .expect("kvctl task")
         .unwrap_or_else(|e| panic!("running {shown}: {e}"));
+    KvctlOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `run_kvctl` that must succeed; its stdout.
+async fn kvctl(cluster: &Cluster, args: &[&str]) -> String {
+    let output = run_kvctl(cluster, args).await;
     assert!(
-        output.status.success(),
-        "{shown} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        output.success,
+        "kvctl {} failed: {output:?}",
+        args.join(" ")
     );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    output.stdout
 }
 
 /// Keys each worker owns (it overwrites them round after round).
@@ -465,6 +483,80 @@ fn single_key_operations_scan_pages_and_refusals_behave_as_documented() {
         assert!(
             matches!(&refused, Err(Error::InvalidArgument(_))),
             "{refused:?}"
+        );
+
+        // kvctl's data commands, on the same client.
+        assert_eq!(
+            kvctl(&cluster, &["put", "cli", "one"]).await,
+            "cli: written\n"
+        );
+        assert_eq!(kvctl(&cluster, &["get", "cli"]).await, "one\n");
+        assert_eq!(
+            kvctl(&cluster, &["get", "cli", "--stale", "--timeout-secs", "5"])
+                .await
+                .len(),
+            4
+        );
+        let missing = run_kvctl(&cluster, &["get", "nothing-here"]).await;
+        assert!(
+            !missing.success && missing.stderr.contains("not found"),
+            "{missing:?}"
+        );
+        let mismatch = run_kvctl(
+            &cluster,
+            &["cas", "cli", "--expect", "two", "--new", "three"],
+        )
+        .await;
+        assert!(!mismatch.success, "{mismatch:?}");
+        assert_eq!(
+            mismatch.stdout, "one\n",
+            "a failed compare prints the current value"
+        );
+        kvctl(&cluster, &["cas", "cli", "--expect", "one", "--new", "two"]).await;
+        kvctl(&cluster, &["cas", "cli", "--expect", "two", "--delete"]).await;
+        kvctl(
+            &cluster,
+            &["cas", "cli", "--expect-absent", "--new", "back"],
+        )
+        .await;
+        assert_eq!(kvctl(&cluster, &["get", "cli"]).await, "back\n");
+        kvctl(&cluster, &["delete", "cli"]).await;
+        assert!(!run_kvctl(&cluster, &["get", "cli"]).await.success);
+        for i in 0..5 {
+            client
+                .put(format!("p/{i}"), format!("{i}"))
+                .await
+                .expect("put");
+        }
+        let first = run_kvctl(&cluster, &["scan", "--prefix", "p/", "--limit", "3"]).await;
+        assert!(first.success, "{first:?}");
+        assert_eq!(first.stdout.lines().count(), 3, "{first:?}");
+        let cursor = first
+            .stderr
+            .trim()
+            .strip_prefix("next cursor: ")
+            .unwrap_or_else(|| panic!("a cursor on stderr: {first:?}"))
+            .to_owned();
+        let rest = kvctl(
+            &cluster,
+            &[
+                "scan", "--prefix", "p/", "--limit", "3", "--cursor", &cursor, "--json",
+            ],
+        )
+        .await;
+        let rest: serde_json::Value = serde_json::from_str(&rest).expect("JSON");
+        assert_eq!(rest["pairs"].as_array().map(Vec::len), Some(2), "{rest}");
+        assert!(rest["next_cursor"].is_null(), "the ring ends: {rest}");
+        let all = kvctl(
+            &cluster,
+            &["scan", "--prefix", "p/", "--limit", "2", "--all"],
+        )
+        .await;
+        let mut lines: Vec<&str> = all.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            vec!["p/0\t0", "p/1\t1", "p/2\t2", "p/3\t3", "p/4\t4"]
         );
 
         // No placement at the address: connecting fails and says so.
