@@ -42,12 +42,16 @@ pub enum DataCommand {
     /// --expect-absent); exit 1 printing what it holds otherwise.
     Cas {
         key: String,
+        /// The value the key must hold.
         #[arg(long, required_unless_present = "expect_absent")]
         expect: Option<String>,
+        /// The key must be absent instead.
         #[arg(long, conflicts_with = "expect")]
         expect_absent: bool,
+        /// The value to set.
         #[arg(long, required_unless_present = "delete")]
         new: Option<String>,
+        /// Delete the key instead.
         #[arg(long, conflicts_with = "new")]
         delete: bool,
         #[command(flatten)]
