@@ -107,6 +107,15 @@ pub struct Client {
     consistency: Consistency,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("timeout", &self.timeout)
+            .field("consistency", &self.consistency)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// Connects to the first placement endpoint that answers (within the config's timeout).
     /// Nodes are connected to lazily, on first use.

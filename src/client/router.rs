@@ -18,7 +18,7 @@ use super::connections::{never_sent, Connections};
 use super::error::{Error, Result};
 use super::placement::{status_text, Placement};
 use super::region_cache::{CachedRegion, RegionCache};
-use super::request::{addressed, is_stale_read, is_write, send};
+use super::request::{addressed, is_stale_read, is_write, send, MIN_SEND_TIME};
 use super::retry::{Backoff, Retry};
 use crate::proto::kvpb::{self, kv_request, kv_response, region_error, KvResponse};
 use crate::proto::metapb::{Peer, PeerRole};
@@ -212,8 +212,11 @@ impl Router {
             Ok(channel) => channel,
             Err(err) => return Outcome::Fail(err),
         };
-        if Instant::now() >= deadline {
-            return Outcome::Retry(Retry::after_pause("no time left to send".to_owned()));
+        if deadline.saturating_duration_since(Instant::now()) < MIN_SEND_TIME {
+            return Outcome::Retry(Retry::after_pause(format!(
+                "no time left to send to region {}",
+                region.id()
+            )));
         }
         let where_to = format!("region {} at store {} ({addr})", region.id(), peer.store_id);
         match send(channel, addressed(op, region), deadline).await {
