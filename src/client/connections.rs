@@ -26,8 +26,9 @@ impl Connections {
         }
     }
 
-    /// The channel to `addr` (`host:port` or a URL). Lazy: no I/O here; a connection that
-    /// cannot be set up shows as a failed call carrying tonic's `ConnectError`.
+    /// The channel to `addr` (`host:port` or a URL). Lazy: no I/O here (but it must be
+    /// called inside a tokio runtime); a connection that cannot be set up shows as a failed
+    /// call carrying tonic's `ConnectError`.
     pub fn channel(&self, addr: &str) -> Result<Channel> {
         if let Some(channel) = self.channels.lock().get(addr) {
             return Ok(channel.clone());
@@ -86,4 +87,86 @@ pub fn never_sent(status: &tonic::Status) -> bool {
         source = error.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::config::ClientIdentity;
+    use crate::proto::kvpb::{kv_request, PutRequest};
+
+    fn put() -> kv_request::Op {
+        kv_request::Op::Put(PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            ..Default::default()
+        })
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        addr
+    }
+
+    fn self_signed_tls() -> ClientTls {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a cert");
+        ClientTls {
+            ca_pem: certified.cert.pem().into_bytes(),
+            identity: Some(ClientIdentity {
+                cert_pem: certified.cert.pem().into_bytes(),
+                key_pem: certified.signing_key.serialize_pem().into_bytes(),
+            }),
+            domain: "localhost".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_known_never_to_have_sent_the_request() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for tls in [None, Some(self_signed_tls())] {
+            let connections = Connections::new(tls.as_ref(), Duration::from_secs(1));
+            let channel = connections.channel(&closed_port()).expect("a lazy channel");
+            let status = super::super::request::send(channel, put(), deadline)
+                .await
+                .expect_err("nothing listens there");
+            assert!(never_sent(&status), "tls {}: {status:?}", tls.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_silent_server_may_have_been_delivered() {
+        // Accepts connections and never answers: the write may or may not have run.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let connections = Connections::new(None, Duration::from_secs(1));
+        let channel = connections.channel(&addr).expect("a lazy channel");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let status = super::super::request::send(channel, put(), deadline)
+            .await
+            .expect_err("no answer comes");
+        assert!(!never_sent(&status), "{status:?}");
+        silent.abort();
+    }
+
+    #[tokio::test]
+    async fn channels_are_made_once_per_address_and_bad_addresses_are_refused() {
+        let connections = Connections::new(None, Duration::from_secs(1));
+        connections.channel("127.0.0.1:1").expect("lazy");
+        connections.channel("127.0.0.1:1").expect("reused");
+        assert_eq!(connections.channels.lock().len(), 1);
+        let bad = connections.channel("http://[not an address");
+        assert!(matches!(bad, Err(Error::Transport(_))), "{:?}", bad.err());
+    }
 }
