@@ -5,8 +5,12 @@
 //! other nodes over QUIC with mutual TLS. See ARCHITECTURE.md for the map of this crate.
 //!
 //! Dependency direction (nothing imports from a layer above it):
-//! `keys`, `region`, `proto` → `engine` → `raftstore`, `transport` → `server`.
+//! `keys`, `region`, `proto` → `engine` → `raftstore`, `transport` → `server`, `client`.
+//!
+//! Applications talk to a cluster through [`client::Client`], a routing client that finds
+//! each key's region through placement and sends requests straight to its leader.
 
+pub mod client;
 pub mod demo;
 pub mod engine;
 pub mod keys;

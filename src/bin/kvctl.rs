@@ -14,7 +14,21 @@
 //! ```
 //! The last four return once placement accepted the request; with `--wait` they follow it to
 //! the end (printing progress), failing after `--timeout-secs`.
+//!
+//! Data commands go through the routing client (`ringkv::client`), straight to each key's
+//! region leader:
+//! ```text
+//! kvctl get KEY [--stale]                      the value (exit 1, "not found", if absent)
+//! kvctl put KEY VALUE [--ttl-secs N]
+//! kvctl delete KEY
+//! kvctl cas KEY (--expect V | --expect-absent) (--new V | --delete)
+//! kvctl scan [--prefix P] [--limit N] [--cursor HEX] [--all]
+//! ```
+//! with `--timeout-secs` (default 10) and TLS (`--ca-cert`, `--client-cert`, `--client-key`).
 //! Human tables by default; `--json` for scripts. Failures exit non-zero with a message.
+
+#[path = "kvctl/data.rs"]
+mod data;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,6 +68,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Data(data::DataCommand),
     /// List every store with its state, addresses, region and leader counts and disk use.
     Stores,
     /// List every region in ring order with its range, epoch, peers and leader.
@@ -128,6 +144,10 @@ enum CliError {
     Refused(String),
     #[error("gave up after {secs} s: {what}")]
     TimedOut { secs: u64, what: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("compare failed: {0}")]
+    CompareFailed(String),
 }
 
 async fn connect(addr: &str) -> Result<(PlacementClient<Channel>, u64), CliError> {
@@ -301,9 +321,13 @@ const REGION_HEADER: [&str; 6] = [
 ];
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Data(command) = cli.command {
+        return data::run(command, &cli.placement, cli.json).await;
+    }
     let (mut client, cluster_id) = connect(&cli.placement).await?;
     let header = Some(RequestHeader { cluster_id });
     match cli.command {
+        Command::Data(_) => unreachable!("data commands returned above"),
         Command::Stores => {
             let stores = client
                 .get_all_stores(GetAllStoresRequest { header })

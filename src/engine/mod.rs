@@ -55,6 +55,10 @@ pub enum EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// One scan page of user pairs, and the data key the next page starts at (`None`: the range
+/// was exhausted).
+pub type UserPairsPage = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
 /// What a scan page returns: see `Engine::scan_user_pairs`.
 #[derive(Clone, Copy, Debug)]
 pub struct ScanBounds<'a> {
@@ -180,7 +184,7 @@ impl Engine {
         start: &[u8],
         end: &[u8],
         scan: &ScanBounds<'_>,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+    ) -> Result<UserPairsPage> {
         let mut pairs = Vec::new();
         let mut examined = 0usize;
         let mut resume = None;
