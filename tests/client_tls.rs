@@ -7,8 +7,8 @@
 //! handshake, and each refusal is counted. HTTP/2 is negotiated over ALPN (gRPC will use it);
 //! a plaintext port speaks HTTP/1.1 and h2c with prior knowledge.
 //!
-//! The gRPC service is not on the client port yet; once it is, a gRPC-over-TLS check builds
-//! its channel from [`common::client_tls_config`] with ALPN `h2`.
+//! gRPC shares the port: the routing client reaches it over mutual TLS with a client-CA
+//! certificate, and plaintext, certificate-less and foreign-CA gRPC clients are refused.
 
 mod common;
 
@@ -18,6 +18,7 @@ use common::{
 use std::time::Duration;
 
 use reqwest::{Method, Version};
+use ringkv::client::{Client, ClientConfig, ClientIdentity, ClientTls};
 use ringkv::transport::tls::{load_node_material, CertificateAuthority, CertificateRole};
 
 const HANDSHAKE_FAILURES: &str = "ringkv_client_tls_handshake_failures_total";
@@ -205,5 +206,100 @@ fn plaintext_port_speaks_http1_and_h2c_with_prior_knowledge() {
             .await
             .unwrap_or_else(|e| panic!("GET {url} over HTTP/1.1: {e:#}"));
         assert_eq!(response.version(), Version::HTTP_11);
+    });
+}
+
+/// A routing client (`ringkv::client`, gRPC) for the cluster's placement with `tls` towards
+/// the nodes, and a short deadline (refusals must not take long to show).
+async fn routing_client(cluster: &Cluster, tls: Option<ClientTls>) -> Client {
+    let mut config = ClientConfig::new([cluster.placement_addr().to_string()]);
+    config.tls = tls;
+    config.timeout = Duration::from_secs(5);
+    Client::connect(config).await.expect("placement answers")
+}
+
+fn client_tls(cluster: &Cluster, identity: Option<(String, String)>) -> ClientTls {
+    ClientTls {
+        ca_pem: read_pem(&cluster.certs_dir().join("ca.pem")).into_bytes(),
+        identity: identity.map(|(cert, key)| ClientIdentity {
+            cert_pem: cert.into_bytes(),
+            key_pem: key.into_bytes(),
+        }),
+        domain: "localhost".to_owned(),
+    }
+}
+
+#[test]
+fn grpc_over_mutual_tls_admits_only_client_ca_certificates() {
+    run_serially(async {
+        let cluster = Cluster::start(
+            1,
+            ClusterOptions {
+                client_port: ClientPort::MutualTls,
+                placement: true,
+                ..ClusterOptions::default()
+            },
+        )
+        .await;
+        cluster.wait_ready().await;
+        let certs = cluster.certs_dir();
+        let proper = client_tls(
+            &cluster,
+            Some((
+                read_pem(&certs.join("client.pem")),
+                read_pem(&certs.join("client.key")),
+            )),
+        );
+        let client = routing_client(&cluster, Some(proper)).await;
+        client
+            .put("grpc-tls", "over gRPC + mTLS")
+            .await
+            .expect("put over mTLS");
+        client
+            .batch_put(&[("grpc-a", "1"), ("grpc-b", "2")], None)
+            .await
+            .expect("batch put over mTLS");
+        assert_eq!(
+            client.get("grpc-tls").await.expect("get over mTLS"),
+            Some(b"over gRPC + mTLS".to_vec())
+        );
+        assert_eq!(client.scan_all(b"grpc-").await.expect("scan").len(), 3);
+
+        let foreign_ca = CertificateAuthority::generate("foreign CA").expect("foreign CA");
+        let intruder = foreign_ca
+            .issue_as("intruder", CertificateRole::Client)
+            .expect("foreign client certificate");
+        let refused = [
+            ("plaintext", None),
+            (
+                "TLS without a certificate",
+                Some(client_tls(&cluster, None)),
+            ),
+            (
+                "a foreign CA's certificate",
+                Some(client_tls(
+                    &cluster,
+                    Some((intruder.cert_pem, intruder.key_pem)),
+                )),
+            ),
+        ];
+        for (who, tls) in refused {
+            let client = routing_client(&cluster, tls).await;
+            let put = client.put("grpc-refused", "must not land").await;
+            assert!(
+                put.is_err(),
+                "{who}: a gRPC put must be refused, got {put:?}"
+            );
+            let get = client.get("grpc-tls").await;
+            assert!(
+                get.is_err(),
+                "{who}: a gRPC get must be refused, got {get:?}"
+            );
+        }
+        assert_eq!(
+            cluster.must_get(1, "grpc-refused").await,
+            None,
+            "no refused client's write may have landed"
+        );
     });
 }

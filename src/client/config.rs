@@ -7,7 +7,8 @@ use std::time::Duration;
 pub struct ClientConfig {
     /// Placement's gRPC addresses (`host:port` or a URL); tried in turn until one answers.
     pub placement_endpoints: Vec<String>,
-    /// TLS for every connection (placement and nodes); `None` is plaintext.
+    /// TLS for the nodes' client ports; `None` is plaintext. (Placement is reached in
+    /// plaintext: it serves no TLS.)
     pub tls: Option<ClientTls>,
     /// Deadline of one operation, retries included (`Client::with_timeout` overrides it).
     pub timeout: Duration,

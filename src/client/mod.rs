@@ -125,9 +125,11 @@ impl Client {
             config.connect_timeout,
         ));
         let deadline = Instant::now() + config.timeout;
+        // Placement serves plaintext gRPC only; TLS is for the nodes' client ports.
+        let placement_connections = Arc::new(Connections::new(None, config.connect_timeout));
         let placement = placement::Placement::connect(
             config.placement_endpoints.clone(),
-            connections.clone(),
+            placement_connections,
             deadline,
         )
         .await?;
