@@ -433,6 +433,9 @@ fn region_holding(cluster: &Cluster, hash: u64) -> u64 {
         .expect("a region holds every hash")
 }
 
+/// A refused HTTP request: method, path, body, expected status and error code.
+type Case = (Method, String, Option<Vec<u8>>, u16, &'static str);
+
 #[test]
 fn malformed_requests_get_documented_errors_and_change_nothing() {
     run_serially(async {
@@ -443,7 +446,7 @@ fn malformed_requests_get_documented_errors_and_change_nothing() {
         let before = scan_all_http(&http, 100).await;
 
         let long_key = "k".repeat(4097);
-        let cases: Vec<(Method, String, Option<Vec<u8>>, u16, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (Method::PUT, "/kv/".into(), Some(b"v".to_vec()), 400, "empty_key"),
             (Method::PUT, format!("/kv/{long_key}"), Some(b"v".to_vec()), 400, "key_too_large"),
             (Method::PUT, "/kv/big".into(), Some(vec![b'v'; (1 << 20) + 1]), 413, "value_too_large"),
