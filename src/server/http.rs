@@ -357,7 +357,8 @@ async fn build_request(
             "the key is not valid percent-encoding (% must be followed by two hex digits)",
         )
     })?;
-    if key.is_empty() && *method == Method::GET {
+    // `/kv` itself is the scan; `/kv/` names the empty key, which is refused below.
+    if uri.path() == "/kv" && *method == Method::GET {
         let query = parse_query(query, KvRoute::Scan)?;
         return Ok(KvRequest {
             op: Some(kv_request::Op::Scan(ScanRequest {
