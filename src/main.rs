@@ -153,6 +153,10 @@ struct NodeArgs {
     /// Raft poller threads.
     #[arg(long, default_value_t = 1)]
     pollers: usize,
+    /// Let idle regions stop ticking and heartbeating (woken by any traffic; followers wake
+    /// when their leader's store goes silent). `false` keeps every region ticking.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    hibernate_regions: bool,
     /// Refuse client writes (HTTP 507 disk_full) while the data dir's file system has less
     /// free space than this; they resume once space is freed. 0 = never refuse.
     #[arg(long, default_value_t = ringkv::server::DEFAULT_RESERVE_SPACE_BYTES)]
@@ -286,6 +290,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         heartbeat_ticks: args.heartbeat_ticks.max(1),
         raft_log_gc_threshold: args.raft_log_gc_threshold.max(1),
         pollers: args.pollers.max(1),
+        hibernate_regions: args.hibernate_regions,
         reserve_space_bytes: args.reserve_space_bytes,
         split: ringkv::server::SplitPolicy {
             size_bytes: args.region_split_size_bytes,

@@ -59,9 +59,28 @@ pub struct StoreConfig {
     /// Set while this store's disk is below its reserved free space (kept current by the
     /// server's disk monitor): client writes to regions with a replica here are refused.
     pub disk_low: Arc<std::sync::atomic::AtomicBool>,
+    /// Idle regions stop ticking (see `hibernate` in peer.rs): an idle store costs almost
+    /// nothing however many regions it holds.
+    pub hibernate_regions: bool,
 }
 
 impl StoreConfig {
+    /// Quiet ticks after which an idle, caught-up leader hibernates its region.
+    pub fn hibernate_after_ticks(&self) -> usize {
+        self.election_ticks * 2
+    }
+
+    /// Ticks between store heartbeats (what hibernating followers watch their leader by).
+    pub fn store_heartbeat_ticks(&self) -> usize {
+        self.heartbeat_ticks.max(1)
+    }
+
+    /// How long a store may stay silent before hibernating followers of its leaders wake
+    /// (and elect a new leader if it is really gone): two election timeouts.
+    pub fn store_silent_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.raft_tick_ms * self.election_ticks as u64 * 2)
+    }
+
     pub fn new(store_id: u64, snap_dir: PathBuf) -> StoreConfig {
         StoreConfig {
             store_id,
@@ -73,6 +92,7 @@ impl StoreConfig {
             mailbox_capacity: 65_536,
             snap_dir,
             disk_low: Arc::default(),
+            hibernate_regions: true,
         }
     }
 }
@@ -158,6 +178,8 @@ impl RaftStore {
                 index,
                 claimed_snapshot_ranges: Vec::new(),
                 adopt_later: Vec::new(),
+                ticks: 0,
+                known_stores: Vec::new(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("raft-poller-{}-{index}", cfg.store_id))

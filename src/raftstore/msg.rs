@@ -173,6 +173,8 @@ pub struct RegionStatus {
     pub pending_peers: Vec<PeerStatus>,
     pub pending_writes: usize,
     pub pending_reads: usize,
+    /// Not ticking: idle, its leader and followers quiet (see `peer/hibernate.rs`).
+    pub hibernating: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

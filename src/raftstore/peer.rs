@@ -31,6 +31,8 @@ use crate::proto::raft_serverpb::{
 use crate::region::{find_peer, find_peer_on_store, region_contains};
 use crate::value::now_ms;
 
+mod hibernate;
+
 /// Upper bound on reads waiting for one peer (beyond it clients get ServerIsBusy).
 const MAX_PENDING_READS: usize = 65_536;
 /// Upper bound on writes in flight for one peer.
@@ -133,6 +135,10 @@ pub struct PeerFsm {
     snapshots_applied: u64,
     was_leader: bool,
     gc_threshold: u64,
+    /// Not ticking (see `peer/hibernate.rs`); cleared by any message or command.
+    pub hibernating: bool,
+    /// Quiet ticks counted toward hibernation (as leader).
+    idle_ticks: usize,
 }
 
 /// Forwards raft-rs's slog records to `tracing`, tagged with the region.
@@ -228,6 +234,8 @@ impl PeerFsm {
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
             next_read_batch_id: 1,
+            hibernating: false,
+            idle_ticks: 0,
             committed: Vec::new(),
             snapshots_applied: 0,
             was_leader: false,
@@ -280,6 +288,7 @@ impl PeerFsm {
             region_epoch: Some(self.epoch()),
             message: Bytes::new(),
             is_tombstone: true,
+            hibernate: false,
             disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -313,6 +322,11 @@ impl PeerFsm {
 
     /// A raft message from another store.
     pub fn step(&mut self, message: RaftMessage) {
+        if message.hibernate {
+            self.on_hibernate_message(&message);
+            return;
+        }
+        self.wake();
         if let Some(from) = message.from_peer {
             self.peer_cache.insert(from.id, from);
             if message.disk_low {
@@ -354,6 +368,7 @@ impl PeerFsm {
     }
 
     pub fn handle_command(&mut self, command: Command) {
+        self.note_activity();
         match command {
             Command::Write {
                 request_id,
@@ -1050,6 +1065,7 @@ impl PeerFsm {
                 region_epoch: region.epoch,
                 message: bytes.into(),
                 is_tombstone: false,
+                hibernate: false,
                 disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
             });
         }
@@ -1431,6 +1447,7 @@ impl PeerFsm {
                 .map(peer_status)
                 .collect(),
             pending_writes: self.pending_writes.len(),
+            hibernating: self.hibernating,
             pending_reads: self
                 .read_batches
                 .iter()

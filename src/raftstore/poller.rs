@@ -47,14 +47,22 @@ pub struct Poller {
     pub claimed_snapshot_ranges: Vec<u64>,
     /// Split-created regions for other pollers whose mailbox was full: handed over later.
     pub adopt_later: Vec<(u64, bool)>,
+    /// Ticks since start.
+    pub ticks: u64,
+    /// Other stores holding peers of this poller's regions: where store heartbeats go.
+    pub known_stores: Vec<u64>,
 }
+
+/// Ticks between refreshes of `known_stores`.
+const KNOWN_STORES_REFRESH_TICKS: u64 = 50;
 
 impl Poller {
     pub fn run(mut self) {
         // Every event of this store's raft work (elections, splits, membership changes,
         // snapshots, peers created and destroyed) carries the store id.
         let _store = tracing::info_span!("store", store = self.cfg.store_id).entered();
-        let mut next_tick = Instant::now() + self.tick_interval();
+        let started = Instant::now();
+        let mut next_tick = started + self.tick_interval();
         let mut touched: HashSet<u64> = HashSet::new();
         loop {
             // Peers left with work by the last round go again without waiting.
@@ -93,10 +101,7 @@ impl Poller {
                 }
             }
             if Instant::now() >= next_tick {
-                for (region_id, peer) in &mut self.peers {
-                    peer.raw.tick();
-                    touched.insert(*region_id);
-                }
+                self.tick(started, &mut touched);
                 next_tick = Instant::now() + self.tick_interval();
             }
             match self.process_readies(&touched) {
@@ -104,6 +109,59 @@ impl Poller {
                 Err(err) => crash_stop(self.cfg.store_id, &err),
             }
         }
+    }
+
+    /// One raft tick for every peer that is not hibernating; leaders quiet long enough
+    /// hibernate, hibernating followers whose leader's store went silent wake up. Every few
+    /// ticks, a store heartbeat to every store this poller's regions live on.
+    fn tick(&mut self, started: Instant, touched: &mut HashSet<u64>) {
+        let now = Instant::now();
+        let silent_after = self.cfg.store_silent_after();
+        let hibernate_after = self.cfg.hibernate_after_ticks();
+        let mut outbox = Vec::new();
+        let mut hibernating = 0usize;
+        for (region_id, peer) in &mut self.peers {
+            if peer.hibernating {
+                if !peer.leader_store_silent(&self.router, now, started, silent_after) {
+                    hibernating += 1;
+                    continue;
+                }
+                tracing::debug!(region = region_id, "leader's store silent: waking up");
+                peer.wake();
+            }
+            peer.raw.tick();
+            touched.insert(*region_id);
+            if self.cfg.hibernate_regions && peer.ready_to_hibernate(hibernate_after) {
+                peer.hibernate(&mut outbox);
+                hibernating += 1;
+            }
+        }
+        self.ticks += 1;
+        if self.ticks % KNOWN_STORES_REFRESH_TICKS == 1 {
+            self.refresh_known_stores();
+        }
+        if self.ticks % self.cfg.store_heartbeat_ticks() as u64 == 0 {
+            for &store_id in &self.known_stores {
+                outbox.push(store_heartbeat(self.cfg.store_id, store_id));
+            }
+        }
+        for message in outbox {
+            self.sender.send(message);
+        }
+        metrics::gauge!("ringkv_raft_hibernating_regions", "poller" => self.index.to_string())
+            .set(hibernating as f64);
+    }
+
+    fn refresh_known_stores(&mut self) {
+        let mut stores: Vec<u64> = self
+            .peers
+            .values()
+            .flat_map(|peer| peer.region().peers.iter().map(|p| p.store_id))
+            .filter(|&store_id| store_id != self.cfg.store_id)
+            .collect();
+        stores.sort_unstable();
+        stores.dedup();
+        self.known_stores = stores;
     }
 
     fn adopt_or_stop(&mut self, region_id: u64, campaign: bool, touched: &mut HashSet<u64>) {
@@ -209,8 +267,14 @@ impl Poller {
         match msg {
             PeerMsg::Raft(_) => {}
             PeerMsg::Command(command) => peer.handle_command(command),
-            PeerMsg::Unreachable { to_peer_id } => peer.report_unreachable(to_peer_id),
-            PeerMsg::SnapshotStatus { to_peer_id, ok } => peer.report_snapshot(to_peer_id, ok),
+            PeerMsg::Unreachable { to_peer_id } => {
+                peer.wake();
+                peer.report_unreachable(to_peer_id)
+            }
+            PeerMsg::SnapshotStatus { to_peer_id, ok } => {
+                peer.wake();
+                peer.report_snapshot(to_peer_id, ok)
+            }
             PeerMsg::Status(reply) => {
                 let _ = reply.send(peer.status());
                 return Ok(());
@@ -294,6 +358,7 @@ impl Poller {
                         region_epoch: Some(known_epoch),
                         message: Default::default(),
                         is_tombstone: true,
+                        hibernate: false,
                         disk_low: self.cfg.disk_low.load(std::sync::atomic::Ordering::Relaxed),
                     });
                     return Ok(());
@@ -540,5 +605,22 @@ fn may_create_peer(message: &RaftMessage) -> bool {
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         ),
         Err(_) => false,
+    }
+}
+
+/// A store heartbeat (region 0): tells `to_store` that `from_store` is alive.
+fn store_heartbeat(from_store: u64, to_store: u64) -> RaftMessage {
+    use crate::proto::metapb::Peer;
+    RaftMessage {
+        region_id: 0,
+        from_peer: Some(Peer {
+            store_id: from_store,
+            ..Default::default()
+        }),
+        to_peer: Some(Peer {
+            store_id: to_store,
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }

@@ -47,6 +47,8 @@ pub struct Router {
     /// the initialized regions so two snapshots (or a snapshot and a region) can never both
     /// own a hash on this store, also across pollers.
     snapshot_ranges: parking_lot::Mutex<Vec<(u64, u64, u64)>>,
+    /// When each remote store's last store heartbeat arrived (see `deliver_raft`).
+    store_heard: parking_lot::Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -70,6 +72,7 @@ impl Router {
             regions: RwLock::new(LocalRegions::default()),
             changes: tokio::sync::Notify::new(),
             snapshot_ranges: parking_lot::Mutex::new(Vec::new()),
+            store_heard: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -227,6 +230,15 @@ impl Router {
     /// not, see the module docs); drops it if that mailbox is full (raft retransmits).
     pub fn deliver_raft(&self, msg: RaftMessage) {
         let region_id = msg.region_id;
+        if region_id == 0 {
+            // A store heartbeat: the sender's store is alive.
+            if let Some(from) = msg.from_peer {
+                self.store_heard
+                    .lock()
+                    .insert(from.store_id, std::time::Instant::now());
+            }
+            return;
+        }
         let mailbox = &self.mailboxes[self.poller_of(region_id)];
         if let Err(TrySendError::Full(_)) =
             mailbox.try_send(PollerMsg::Peer(region_id, PeerMsg::Raft(msg)))
@@ -234,6 +246,13 @@ impl Router {
             metrics::counter!("ringkv_raft_messages_dropped_total", "reason" => "mailbox_full")
                 .increment(1)
         }
+    }
+}
+
+impl Router {
+    /// When a store heartbeat from `store_id` last arrived, if one did.
+    pub fn store_last_heard(&self, store_id: u64) -> Option<std::time::Instant> {
+        self.store_heard.lock().get(&store_id).copied()
     }
 }
 

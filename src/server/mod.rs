@@ -79,6 +79,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     pub raft_log_gc_threshold: u64,
     pub pollers: usize,
+    /// Idle regions stop ticking until traffic wakes them.
+    pub hibernate_regions: bool,
     pub limits: Limits,
     pub request_timeout: Duration,
     /// Between passes deleting expired keys of the regions this node leads (zero: never).
@@ -345,6 +347,7 @@ impl Node {
         store_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
         store_cfg.raft_log_gc_threshold = cfg.raft_log_gc_threshold;
         store_cfg.pollers = cfg.pollers;
+        store_cfg.hibernate_regions = cfg.hibernate_regions;
         let disk_monitor = tokio::spawn(watch_disk(
             cfg.data_dir.clone(),
             cfg.reserve_space_bytes,

@@ -191,6 +191,7 @@ fn raft_message(
             .expect("encode eraftpb message")
             .into(),
         is_tombstone: false,
+        hibernate: false,
         disk_low: false,
     }
 }

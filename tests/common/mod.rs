@@ -199,6 +199,9 @@ pub struct RegionStatus {
     pub first_index: u64,
     pub last_index: u64,
     pub snapshots_applied: u64,
+    /// Not ticking: idle (see the raftstore's hibernation).
+    #[serde(default)]
+    pub hibernating: bool,
 }
 
 impl RegionStatus {

@@ -1,0 +1,122 @@
+//! Hibernation: a region nobody uses stops ticking, so an idle store costs almost nothing
+//! however many regions it holds (TiKV's "hibernate regions").
+//!
+//! - A leader hibernates after `hibernate_after_ticks` quiet ticks in which the region was
+//!   quiescent: nothing waiting (writes, reads, a leadership transfer or a membership change),
+//!   everything applied, every peer's log matching the leader's. It tells its peers with a
+//!   `hibernate` message and stops ticking, so it sends no heartbeats.
+//! - A follower receiving that message from the leader it knows stops ticking too.
+//! - Any raft message or client command wakes a peer: a write at a hibernating leader is
+//!   proposed as usual and its appends wake the followers.
+//! - A hibernating follower watches its leader's store through store heartbeats (region 0
+//!   messages, sent by every store every few ticks): once that store has been silent for
+//!   `store_silent_after`, the follower wakes, its election timer runs, and the region elects
+//!   a new leader if the old one is really gone (pre-vote keeps a live leader in place).
+//!
+//! Hibernation only affects liveness: raft's safety never depends on ticks.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raft::ProgressState;
+
+use super::PeerFsm;
+use crate::proto::raft_serverpb::RaftMessage;
+use crate::raftstore::Router;
+use crate::region::find_peer;
+
+impl PeerFsm {
+    /// Wakes the peer (it ticks again from the next round). Raft traffic alone (heartbeats
+    /// and their responses) does not restart the count toward hibernation: quiescence is
+    /// judged from the log and progress at each tick.
+    pub fn wake(&mut self) {
+        self.hibernating = false;
+    }
+
+    /// A client command or membership work: wake, and start counting quiet ticks afresh.
+    pub fn note_activity(&mut self) {
+        self.hibernating = false;
+        self.idle_ticks = 0;
+    }
+
+    /// Counts a tick toward hibernation; true once this leader should hibernate now.
+    pub fn ready_to_hibernate(&mut self, after_ticks: usize) -> bool {
+        if !self.is_quiescent_leader() {
+            self.idle_ticks = 0;
+            return false;
+        }
+        self.idle_ticks += 1;
+        self.idle_ticks >= after_ticks
+    }
+
+    /// Stops ticking and tells every other peer of the region to do the same.
+    pub fn hibernate(&mut self, outbox: &mut Vec<RaftMessage>) {
+        self.hibernating = true;
+        let region = self.region();
+        for peer in region.peers.iter().filter(|p| p.id != self.peer.id) {
+            outbox.push(RaftMessage {
+                region_id: region.id,
+                from_peer: Some(self.peer),
+                to_peer: Some(*peer),
+                region_epoch: region.epoch,
+                message: Bytes::new(),
+                is_tombstone: false,
+                hibernate: true,
+                disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
+            });
+        }
+    }
+
+    /// A `hibernate` message: a follower stops ticking when it comes from its leader.
+    pub(super) fn on_hibernate_message(&mut self, message: &RaftMessage) {
+        let from_leader = message
+            .from_peer
+            .is_some_and(|from| from.id == self.raw.raft.leader_id);
+        if from_leader && !self.is_leader() {
+            self.hibernating = true;
+        }
+    }
+
+    /// A hibernating follower whose leader's store has sent no store heartbeat for
+    /// `silent_after` (counted from `since` when none ever came): time to wake up.
+    pub fn leader_store_silent(
+        &self,
+        router: &Router,
+        now: Instant,
+        since: Instant,
+        silent_after: Duration,
+    ) -> bool {
+        let Some(leader) = find_peer(self.region(), self.raw.raft.leader_id) else {
+            return true; // no known leader: nobody to wait for
+        };
+        if leader.store_id == self.peer.store_id {
+            return false;
+        }
+        let heard = router.store_last_heard(leader.store_id).unwrap_or(since);
+        now.saturating_duration_since(heard.max(since)) > silent_after
+    }
+
+    fn is_quiescent_leader(&self) -> bool {
+        if !self.is_leader()
+            || !self.pending_writes.is_empty()
+            || !self.new_reads.is_empty()
+            || !self.read_batches.is_empty()
+            || !self.committed.is_empty()
+            || self.in_joint_state()
+        {
+            return false;
+        }
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        if raft.lead_transferee.is_some()
+            || raft.has_pending_conf()
+            || raft.raft_log.committed != last
+            || self.raw.store().applied_index() != last
+        {
+            return false;
+        }
+        raft.prs()
+            .iter()
+            .all(|(_, pr)| pr.matched == last && pr.state == ProgressState::Replicate)
+    }
+}
