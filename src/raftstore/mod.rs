@@ -180,6 +180,7 @@ impl RaftStore {
                 adopt_later: Vec::new(),
                 ticks: 0,
                 known_stores: Vec::new(),
+                awake: std::collections::HashSet::new(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("raft-poller-{}-{index}", cfg.store_id))

@@ -51,6 +51,8 @@ pub struct Poller {
     pub ticks: u64,
     /// Other stores holding peers of this poller's regions: where store heartbeats go.
     pub known_stores: Vec<u64>,
+    /// Peers that tick (not hibernating).
+    pub awake: HashSet<u64>,
 }
 
 /// Ticks between refreshes of `known_stores`.
@@ -62,6 +64,7 @@ impl Poller {
         // snapshots, peers created and destroyed) carries the store id.
         let _store = tracing::info_span!("store", store = self.cfg.store_id).entered();
         let started = Instant::now();
+        self.rebuild_awake();
         let mut next_tick = started + self.tick_interval();
         let mut touched: HashSet<u64> = HashSet::new();
         loop {
@@ -76,11 +79,15 @@ impl Poller {
                     if let Err(err) = self.handle(region_id, msg, &mut touched) {
                         crash_stop(self.cfg.store_id, &err)
                     }
+                    self.sync_awake(region_id);
                 }
                 Ok(PollerMsg::Adopt {
                     region_id,
                     campaign,
-                }) => self.adopt_or_stop(region_id, campaign, &mut touched),
+                }) => {
+                    self.adopt_or_stop(region_id, campaign, &mut touched);
+                    self.sync_awake(region_id);
+                }
                 Ok(PollerMsg::Shutdown) => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -91,11 +98,15 @@ impl Poller {
                         if let Err(err) = self.handle(region_id, msg, &mut touched) {
                             crash_stop(self.cfg.store_id, &err)
                         }
+                        self.sync_awake(region_id);
                     }
                     Ok(PollerMsg::Adopt {
                         region_id,
                         campaign,
-                    }) => self.adopt_or_stop(region_id, campaign, &mut touched),
+                    }) => {
+                        self.adopt_or_stop(region_id, campaign, &mut touched);
+                        self.sync_awake(region_id);
+                    }
                     Ok(PollerMsg::Shutdown) => return,
                     Err(_) => break,
                 }
@@ -119,26 +130,40 @@ impl Poller {
         let silent_after = self.cfg.store_silent_after();
         let hibernate_after = self.cfg.hibernate_after_ticks();
         let mut outbox = Vec::new();
-        let mut hibernating = 0usize;
-        for (region_id, peer) in &mut self.peers {
-            if peer.hibernating {
-                if !peer.leader_store_silent(&self.router, now, started, silent_after) {
-                    hibernating += 1;
-                    continue;
+        let silent_stores =
+            self.router
+                .silent_stores(&self.known_stores, now, started, silent_after);
+        if !silent_stores.is_empty() {
+            for (region_id, peer) in &mut self.peers {
+                if peer.hibernating && peer.leader_store_silent(&silent_stores) {
+                    tracing::debug!(region = region_id, "leader's store silent: waking up");
+                    peer.wake();
+                    self.awake.insert(*region_id);
                 }
-                tracing::debug!(region = region_id, "leader's store silent: waking up");
-                peer.wake();
+            }
+        }
+        // Only awake peers are visited: an idle store's tick costs nothing per region.
+        let awake: Vec<u64> = self.awake.iter().copied().collect();
+        for region_id in awake {
+            let Some(peer) = self.peers.get_mut(&region_id) else {
+                self.awake.remove(&region_id);
+                continue;
+            };
+            if peer.hibernating {
+                self.awake.remove(&region_id);
+                continue;
             }
             peer.raw.tick();
-            touched.insert(*region_id);
+            touched.insert(region_id);
             if self.cfg.hibernate_regions && peer.ready_to_hibernate(hibernate_after) {
                 peer.hibernate(&mut outbox);
-                hibernating += 1;
+                self.awake.remove(&region_id);
             }
         }
         self.ticks += 1;
         if self.ticks % KNOWN_STORES_REFRESH_TICKS == 1 {
             self.refresh_known_stores();
+            self.rebuild_awake();
         }
         if self.ticks % self.cfg.store_heartbeat_ticks() as u64 == 0 {
             for &store_id in &self.known_stores {
@@ -148,8 +173,32 @@ impl Poller {
         for message in outbox {
             self.sender.send(message);
         }
+        let hibernating = self.peers.len().saturating_sub(self.awake.len());
         metrics::gauge!("ringkv_raft_hibernating_regions", "poller" => self.index.to_string())
             .set(hibernating as f64);
+    }
+
+    /// Keeps `awake` in step with a peer after a message or command for it.
+    fn sync_awake(&mut self, region_id: u64) {
+        match self.peers.get(&region_id) {
+            Some(peer) if !peer.hibernating => {
+                self.awake.insert(region_id);
+            }
+            _ => {
+                self.awake.remove(&region_id);
+            }
+        }
+    }
+
+    /// Recomputes `awake` from every peer: the safety net for any path that creates, wakes
+    /// or destroys a peer without a `sync_awake` (a peer missing here would never tick).
+    fn rebuild_awake(&mut self) {
+        self.awake = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| !peer.hibernating)
+            .map(|(id, _)| *id)
+            .collect();
     }
 
     fn refresh_known_stores(&mut self) {
@@ -240,6 +289,7 @@ impl Poller {
         }
         self.router.update_region(fsm.region().clone());
         self.peers.insert(region_id, fsm);
+        self.awake.insert(region_id);
         touched.insert(region_id);
         Ok(())
     }
@@ -400,6 +450,7 @@ impl Poller {
         self.router.update_region(fsm.region().clone());
         fsm.step(message);
         self.peers.insert(region_id, fsm);
+        self.awake.insert(region_id);
         touched.insert(region_id);
         Ok(())
     }

@@ -250,9 +250,24 @@ impl Router {
 }
 
 impl Router {
-    /// When a store heartbeat from `store_id` last arrived, if one did.
-    pub fn store_last_heard(&self, store_id: u64) -> Option<std::time::Instant> {
-        self.store_heard.lock().get(&store_id).copied()
+    /// Of `stores`, those whose last store heartbeat is older than `silent_after` (counted
+    /// from `since` for a store never heard from).
+    pub fn silent_stores(
+        &self,
+        stores: &[u64],
+        now: std::time::Instant,
+        since: std::time::Instant,
+        silent_after: std::time::Duration,
+    ) -> Vec<u64> {
+        let heard = self.store_heard.lock();
+        stores
+            .iter()
+            .copied()
+            .filter(|store_id| {
+                let last = heard.get(store_id).copied().unwrap_or(since).max(since);
+                now.saturating_duration_since(last) > silent_after
+            })
+            .collect()
     }
 }
 

@@ -15,14 +15,11 @@
 //!
 //! Hibernation only affects liveness: raft's safety never depends on ticks.
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use raft::ProgressState;
 
 use super::PeerFsm;
 use crate::proto::raft_serverpb::RaftMessage;
-use crate::raftstore::Router;
 use crate::region::find_peer;
 
 impl PeerFsm {
@@ -77,23 +74,13 @@ impl PeerFsm {
         }
     }
 
-    /// A hibernating follower whose leader's store has sent no store heartbeat for
-    /// `silent_after` (counted from `since` when none ever came): time to wake up.
-    pub fn leader_store_silent(
-        &self,
-        router: &Router,
-        now: Instant,
-        since: Instant,
-        silent_after: Duration,
-    ) -> bool {
+    /// Whether a hibernating follower should wake because its leader's store is among
+    /// `silent_stores` (no store heartbeat for a while), or it knows no leader at all.
+    pub fn leader_store_silent(&self, silent_stores: &[u64]) -> bool {
         let Some(leader) = find_peer(self.region(), self.raw.raft.leader_id) else {
-            return true; // no known leader: nobody to wait for
+            return !self.is_leader();
         };
-        if leader.store_id == self.peer.store_id {
-            return false;
-        }
-        let heard = router.store_last_heard(leader.store_id).unwrap_or(since);
-        now.saturating_duration_since(heard.max(since)) > silent_after
+        leader.store_id != self.peer.store_id && silent_stores.contains(&leader.store_id)
     }
 
     fn is_quiescent_leader(&self) -> bool {
