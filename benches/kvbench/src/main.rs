@@ -1,9 +1,10 @@
-//! `kvbench`: one load, run against ringkv (HTTP) or etcd v3 (its JSON gateway), so the two
-//! can be compared on the same machine with the same tool.
+//! `kvbench`: one load, run against ringkv (its HTTP API, or its routing gRPC client) or etcd
+//! v3 (its JSON gateway), so they can be compared on the same machine with the same tool.
 //!
 //! ```text
 //! kvbench --target ringkv --endpoints http://127.0.0.1:12380,http://127.0.0.1:22380 \
 //!         --workload write --concurrency 64 --duration-secs 20
+//! kvbench --target ringkv-grpc --endpoints 127.0.0.1:2379 --workload a   # placement's address
 //! kvbench --target etcd --endpoints http://127.0.0.1:23791 --workload read --json
 //! ```
 //!
@@ -14,11 +15,17 @@
 //! that many requests per second, and latency is then measured from when each request was
 //! due, not when it was sent (no coordinated omission). Reports throughput and
 //! p50/p99/p99.9 latency per operation, as a table or `--json`.
+//!
+//! Layout: `target` (the `--target` choice and the client workers drive), `http` (ringkv's
+//! HTTP API and etcd's gateway), `grpc` (ringkv's routing client); this file is the load.
+
+mod grpc;
+mod http;
+mod target;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
@@ -26,13 +33,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_distr::{Distribution as _, Zipf};
 use serde_json::json;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Target {
-    /// ringkv's HTTP API (`PUT`/`GET /kv/{key}`).
-    Ringkv,
-    /// etcd v3's JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`, linearizable).
-    Etcd,
-}
+use target::{Client, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
@@ -68,8 +69,10 @@ enum KeyDistribution {
 struct Args {
     #[arg(long, value_enum, default_value = "ringkv")]
     target: Target,
-    /// Base URLs, comma-separated; client i uses endpoint i mod n.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Comma-separated. ringkv, etcd: base URLs (required); client i uses endpoint i mod n.
+    /// ringkv-grpc: placement's gRPC addresses (default 127.0.0.1:2379); the routing client
+    /// finds the nodes from there.
+    #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
     #[arg(long, value_enum, default_value = "write")]
     workload: Workload,
@@ -104,68 +107,14 @@ struct Args {
     seed: u64,
 }
 
-/// Per-request bound: a request slower than this counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Latencies are recorded in microseconds up to this bound.
 const MAX_LATENCY_US: u64 = 60_000_000;
 
-struct Client {
-    http: reqwest::Client,
-    target: Target,
-}
-
-impl Client {
-    fn key(index: u64, size: usize) -> String {
-        let digits = format!("{index}");
-        let pad = size.saturating_sub(digits.len() + 1);
-        format!("k{}{digits}", "0".repeat(pad))
-    }
-
-    async fn put(&self, endpoint: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        let request = match self.target {
-            Target::Ringkv => self
-                .http
-                .put(format!("{endpoint}/kv/{key}"))
-                .body(value.to_vec()),
-            Target::Etcd => {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let body = json!({"key": b64.encode(key), "value": b64.encode(value)});
-                self.http
-                    .post(format!("{endpoint}/v3/kv/put"))
-                    .body(body.to_string())
-            }
-        };
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let _ = response.bytes().await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
-    }
-
-    async fn get(&self, endpoint: &str, key: &str) -> Result<(), String> {
-        let request = match self.target {
-            Target::Ringkv => self.http.get(format!("{endpoint}/kv/{key}")),
-            Target::Etcd => {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let body = json!({"key": b64.encode(key)});
-                self.http
-                    .post(format!("{endpoint}/v3/kv/range"))
-                    .body(body.to_string())
-            }
-        };
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let _ = response.bytes().await;
-        // A missing key is an answer too.
-        if status.is_success() || status.as_u16() == 404 {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
-    }
+/// The name of key number `index`, `size` bytes long (`k000…0index`).
+fn key_name(index: u64, size: usize) -> String {
+    let digits = format!("{index}");
+    let pad = size.saturating_sub(digits.len() + 1);
+    format!("k{}{digits}", "0".repeat(pad))
 }
 
 #[derive(Clone)]
@@ -222,12 +171,11 @@ async fn preload(args: &Args, client: Arc<Client>) -> Result<(), String> {
         let client = client.clone();
         let args = args.clone();
         tasks.spawn(async move {
-            let endpoint = &args.endpoints[worker as usize % args.endpoints.len()];
             let value = vec![b'v'; args.value_size];
             let mut index = worker;
             while index < args.keys {
-                let key = Client::key(index, args.key_size);
-                client.put(endpoint, &key, &value).await?;
+                let key = key_name(index, args.key_size);
+                client.put(worker as usize, &key, &value).await?;
                 index += workers;
             }
             Ok::<(), String>(())
@@ -247,7 +195,6 @@ async fn run_worker(
     start: Instant,
 ) -> Tally {
     let mut tally = Tally::new();
-    let endpoint = args.endpoints[worker % args.endpoints.len()].clone();
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(worker as u64 * 7919));
     let end = start + Duration::from_secs(args.duration_secs);
     let interval = (args.rate > 0)
@@ -271,13 +218,13 @@ async fn run_worker(
             tokio::time::sleep(wait).await;
         }
         sent += 1;
-        let key = Client::key(sampler(&mut rng), args.key_size);
+        let key = key_name(sampler(&mut rng), args.key_size);
         let read = rng.random_range(0..100) < args.workload.read_percent();
         let result = if read {
-            client.get(&endpoint, &key).await
+            client.get(worker, &key).await
         } else {
             rng.fill(&mut value[..]);
-            client.put(&endpoint, &key, &value).await
+            client.put(worker, &key, &value).await
         };
         let latency_us = (due.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
         match result {
@@ -318,26 +265,25 @@ fn summary(name: &str, histogram: &Histogram<u64>, secs: f64) -> serde_json::Val
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    if args.endpoints.is_empty() || args.concurrency == 0 || args.duration_secs == 0 {
-        eprintln!("kvbench: give endpoints, a concurrency and a duration above zero");
+    let mut args = Args::parse();
+    if args.endpoints.is_empty() {
+        let Some(endpoints) = args.target.default_endpoints() else {
+            eprintln!("kvbench: --target {} needs --endpoints", args.target.name());
+            return std::process::ExitCode::FAILURE;
+        };
+        args.endpoints = endpoints;
+    }
+    if args.concurrency == 0 || args.duration_secs == 0 {
+        eprintln!("kvbench: give a concurrency and a duration above zero");
         return std::process::ExitCode::FAILURE;
     }
-    let http = match reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .pool_max_idle_per_host(args.concurrency)
-        .build()
-    {
-        Ok(http) => http,
+    let client = match Client::connect(args.target, &args.endpoints, args.concurrency).await {
+        Ok(client) => Arc::new(client),
         Err(error) => {
-            eprintln!("kvbench: building the HTTP client: {error}");
+            eprintln!("kvbench: {error}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let client = Arc::new(Client {
-        http,
-        target: args.target,
-    });
     if args.workload.read_percent() > 0 && !args.no_preload {
         if let Err(error) = preload(&args, client.clone()).await {
             eprintln!("kvbench: loading the keys failed: {error}");
@@ -376,7 +322,7 @@ async fn main() -> std::process::ExitCode {
         .chain(std::iter::once(summary("all", &all, secs)))
         .collect();
     let report = json!({
-        "target": format!("{:?}", args.target).to_lowercase(),
+        "target": args.target.name(),
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "keys": args.keys,
         "key_size": args.key_size,
