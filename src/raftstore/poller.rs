@@ -75,39 +75,21 @@ impl Poller {
                 Duration::ZERO
             };
             match self.mailbox.recv_timeout(wait) {
-                Ok(PollerMsg::Peer(region_id, msg)) => {
-                    if let Err(err) = self.handle(region_id, msg, &mut touched) {
-                        crash_stop(self.cfg.store_id, &err)
+                Ok(msg) => {
+                    if !self.on_mailbox(msg, &mut touched) {
+                        return;
                     }
-                    self.sync_awake(region_id);
                 }
-                Ok(PollerMsg::Adopt {
-                    region_id,
-                    campaign,
-                }) => {
-                    self.adopt_or_stop(region_id, campaign, &mut touched);
-                    self.sync_awake(region_id);
-                }
-                Ok(PollerMsg::Shutdown) => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             for _ in 0..MAX_MESSAGES_PER_ROUND {
                 match self.mailbox.try_recv() {
-                    Ok(PollerMsg::Peer(region_id, msg)) => {
-                        if let Err(err) = self.handle(region_id, msg, &mut touched) {
-                            crash_stop(self.cfg.store_id, &err)
+                    Ok(msg) => {
+                        if !self.on_mailbox(msg, &mut touched) {
+                            return;
                         }
-                        self.sync_awake(region_id);
                     }
-                    Ok(PollerMsg::Adopt {
-                        region_id,
-                        campaign,
-                    }) => {
-                        self.adopt_or_stop(region_id, campaign, &mut touched);
-                        self.sync_awake(region_id);
-                    }
-                    Ok(PollerMsg::Shutdown) => return,
                     Err(_) => break,
                 }
             }
@@ -120,6 +102,27 @@ impl Poller {
                 Err(err) => crash_stop(self.cfg.store_id, &err),
             }
         }
+    }
+
+    /// Handles one mailbox message; false when the poller must stop.
+    fn on_mailbox(&mut self, msg: PollerMsg, touched: &mut HashSet<u64>) -> bool {
+        match msg {
+            PollerMsg::Peer(region_id, msg) => {
+                if let Err(err) = self.handle(region_id, msg, touched) {
+                    crash_stop(self.cfg.store_id, &err)
+                }
+                self.sync_awake(region_id);
+            }
+            PollerMsg::Adopt {
+                region_id,
+                campaign,
+            } => {
+                self.adopt_or_stop(region_id, campaign, touched);
+                self.sync_awake(region_id);
+            }
+            PollerMsg::Shutdown => return false,
+        }
+        true
     }
 
     /// One raft tick for every peer that is not hibernating; leaders quiet long enough
