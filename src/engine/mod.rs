@@ -4,6 +4,7 @@
 //! raft/apply/region state, `default` the user data. This room knows RocksDB and the key layout
 //! of `keys`; it knows nothing of raft's message flow (that is `raftstore`).
 
+mod entry_cache;
 mod peer_storage;
 mod snapshot;
 

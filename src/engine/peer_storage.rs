@@ -15,6 +15,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use super::entry_cache::EntryCache;
 use super::snapshot::{self, SnapshotFile};
 use super::{Engine, EngineError, Result, WriteBatch, CF_DEFAULT, CF_META, CF_RAFT};
 use crate::keys;
@@ -198,6 +199,8 @@ pub struct PeerStorage {
     apply_state: RaftApplyState,
     conf_state: ConfState,
     generation: RefCell<SnapshotGeneration>,
+    /// The newest log entries, for raft's `term`/`entries` lookups.
+    cache: EntryCache,
 }
 
 pub(super) fn conf_state_to_raft(cs: &pb::ConfState) -> ConfState {
@@ -251,6 +254,7 @@ impl PeerStorage {
             apply_state: persisted.apply_state,
             conf_state,
             generation: RefCell::new(SnapshotGeneration::Idle),
+            cache: EntryCache::default(),
         }
     }
 
@@ -282,6 +286,7 @@ impl PeerStorage {
             apply_state: RaftApplyState::default(),
             conf_state: ConfState::default(),
             generation: RefCell::new(SnapshotGeneration::Idle),
+            cache: EntryCache::default(),
         })
     }
 
@@ -354,7 +359,14 @@ impl PeerStorage {
         }
         self.raft_state.last_index = last.index;
         self.raft_state.last_term = last.term;
+        self.cache.append(entries);
         Ok(())
+    }
+
+    /// Forgets the cached log entries (the region went idle: memory per idle region stays
+    /// small).
+    pub fn clear_entry_cache(&mut self) {
+        self.cache.clear();
     }
 
     pub fn set_hard_state(&mut self, hs: &HardState) {
@@ -483,6 +495,7 @@ impl PeerStorage {
             ))
         })?;
         self.apply_state.truncated_index = compact_index;
+        self.cache.compact_to(compact_index);
         self.apply_state.truncated_term = term;
         // Truncated state first: whatever survives a crash, first_index never points at a
         // deleted entry.
@@ -499,6 +512,7 @@ impl PeerStorage {
     /// the log is emptied, and applied = truncated = the snapshot's index — all in `batch`,
     /// which the raftstore writes synced together with the hard state.
     pub fn apply_snapshot(&mut self, snap: &Snapshot, batch: &mut WriteBatch) -> Result<u64> {
+        self.cache.clear();
         let meta = snap.get_metadata();
         let file = SnapshotFile::from_snapshot(snap, &self.snap_dir)?;
         let region = file.meta.region.clone().unwrap_or_default();
@@ -543,6 +557,9 @@ impl PeerStorage {
     }
 
     fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>> {
+        if let Some(cached) = self.cache.slice(low, high, max_size) {
+            return Ok(cached);
+        }
         let mut entries = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         let start = keys::raft_log_key(self.region.id, low);
@@ -621,6 +638,9 @@ impl raft::Storage for PeerStorage {
         }
         if idx == self.raft_state.last_index {
             return Ok(self.raft_state.last_term);
+        }
+        if let Some(term) = self.cache.term(idx) {
+            return Ok(term);
         }
         let entries = self
             .read_entries(idx, idx + 1, None)

@@ -49,6 +49,7 @@ impl PeerFsm {
     /// Stops ticking and tells every other peer of the region to do the same.
     pub fn hibernate(&mut self, outbox: &mut Vec<RaftMessage>) {
         self.hibernating = true;
+        self.raw.mut_store().clear_entry_cache();
         let region = self.region();
         for peer in region.peers.iter().filter(|p| p.id != self.peer.id) {
             outbox.push(RaftMessage {
@@ -71,6 +72,7 @@ impl PeerFsm {
             .is_some_and(|from| from.id == self.raw.raft.leader_id);
         if from_leader && !self.is_leader() {
             self.hibernating = true;
+            self.raw.mut_store().clear_entry_cache();
         }
     }
 
