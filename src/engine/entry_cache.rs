@@ -116,11 +116,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![0u8; 10].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![0u8; 10].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
