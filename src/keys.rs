@@ -17,6 +17,8 @@ const REGION_STATE_KIND: u8 = 0x03;
 pub const STORE_IDENT_KEY: &[u8] = b"\x00store_ident";
 /// The cluster id (from placement) this data dir belongs to.
 pub const CLUSTER_ID_KEY: &[u8] = b"\x00cluster_id";
+/// The on-disk format version of this data dir (u32 big-endian), see `engine::FORMAT_VERSION`.
+pub const FORMAT_VERSION_KEY: &[u8] = b"\x00format_version";
 
 /// The ring position of a user key: xxh3-64 with seed 0. Part of the on-disk format.
 pub fn key_hash(user_key: &[u8]) -> u64 {

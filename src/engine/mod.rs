@@ -52,6 +52,8 @@ pub enum EngineError {
     },
     #[error("corrupt data: {0}")]
     Corruption(String),
+    #[error("{0}")]
+    IncompatibleFormat(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -59,6 +61,10 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 /// One scan page of user pairs, and the data key the next page starts at (`None`: the range
 /// was exhausted).
 pub type UserPairsPage = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// The on-disk format this build reads and writes: 1 = values carry a flag byte and an
+/// optional expiry (`crate::value`).
+pub const FORMAT_VERSION: u32 = 1;
 
 /// What a scan page returns: see `Engine::scan_user_pairs`.
 #[derive(Clone, Copy, Debug)]
@@ -118,10 +124,44 @@ impl Engine {
             cfs.push(ColumnFamilyDescriptor::new(name, cf_options(name)?));
         }
         let db = rocksdb::DB::open_cf_descriptors(&options, path, cfs)?;
-        Ok(Engine {
+        let engine = Engine {
             db: Arc::new(db),
             stats: Arc::default(),
-        })
+        };
+        engine.check_format_version(path)?;
+        Ok(engine)
+    }
+
+    /// Refuses a data dir written in another on-disk format (values read wrongly could be
+    /// taken for expired and deleted, or crash every replica at apply); stamps a new one.
+    fn check_format_version(&self, path: &Path) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        match self.db.get_cf(&meta, keys::FORMAT_VERSION_KEY)? {
+            Some(stored) if stored.as_slice() == FORMAT_VERSION.to_be_bytes() => Ok(()),
+            Some(stored) => Err(EngineError::IncompatibleFormat(format!(
+                "data dir {} has on-disk format {stored:?}; this build reads format {FORMAT_VERSION}",
+                path.display()
+            ))),
+            None => {
+                let empty = self
+                    .db
+                    .iterator_cf(&meta, IteratorMode::Start)
+                    .next()
+                    .is_none();
+                if !empty {
+                    return Err(EngineError::IncompatibleFormat(format!(
+                        "data dir {} was written by a ringkv build before on-disk format {FORMAT_VERSION} \
+                         (values gained a TTL header); recreate it (no release used the old format)",
+                        path.display()
+                    )));
+                }
+                let mut options = WriteOptions::default();
+                options.set_sync(true);
+                self.db
+                    .put_cf_opt(&meta, keys::FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes(), &options)?;
+                Ok(())
+            }
+        }
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -422,6 +462,41 @@ pub struct RegionDataStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_dirs_of_another_format_are_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EngineError::Corruption(e.to_string()))?;
+        let engine = Engine::open(dir.path())?;
+        let meta = engine.cf(CF_META)?;
+        engine.db.put_cf(&meta, b"\x01region", b"state")?;
+        drop(meta);
+        drop(engine);
+        let engine = Engine::open(dir.path())?; // stamped at creation: reopens
+        let meta = engine.cf(CF_META)?;
+        engine.db.delete_cf(&meta, keys::FORMAT_VERSION_KEY)?;
+        drop(meta);
+        drop(engine);
+        let unversioned = Engine::open(dir.path()).err().map(|e| e.to_string());
+        assert!(
+            unversioned
+                .as_deref()
+                .is_some_and(|e| e.contains("before on-disk format 1")),
+            "{unversioned:?}"
+        );
+        let dir = tempfile::tempdir().map_err(|e| EngineError::Corruption(e.to_string()))?;
+        let engine = Engine::open(dir.path())?;
+        let meta = engine.cf(CF_META)?;
+        engine
+            .db
+            .put_cf(&meta, keys::FORMAT_VERSION_KEY, 2u32.to_be_bytes())?;
+        drop(meta);
+        drop(engine);
+        assert!(matches!(
+            Engine::open(dir.path()),
+            Err(EngineError::IncompatibleFormat(_))
+        ));
+        Ok(())
+    }
 
     #[test]
     fn batch_writes_are_atomic_and_readable() -> Result<()> {

@@ -349,6 +349,7 @@ impl PeerFsm {
                 return;
             }
         };
+        self.on_campaign_seen(raft_msg.get_msg_type());
         if let Err(err) = self.raw.step(raft_msg) {
             tracing::debug!(region = self.region_id(), %err, "raft step");
         }
@@ -748,12 +749,17 @@ impl PeerFsm {
         metrics::counter!("ringkv_raft_proposals_total", "kind" => "write").increment(1);
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
-        // Writes proposed at this index or later in an earlier term were cut from the log by
-        // a newer leader (and this leader's log now holds other entries there), so they can
-        // never commit: a definite failure, worth retrying.
+        // Writes proposed at this index or later in an earlier term were cut from THIS log by
+        // a newer leader, but another replica may still hold them and, as a later leader,
+        // commit them: their outcome is unknown, never a retryable failure (a retry could
+        // apply the write twice).
         while self.pending_writes.back().is_some_and(|w| w.index >= index) {
             if let Some(stale) = self.pending_writes.pop_back() {
-                let _ = stale.reply.send(self.not_leader());
+                let _ = stale.reply.send(msg::timeout(format!(
+                    "region {}: the write was cut from this leader's log by a newer leader; \
+                     another replica may still commit it (outcome unknown)",
+                    self.region_id()
+                )));
             }
         }
         self.pending_writes.push_back(PendingWrite {

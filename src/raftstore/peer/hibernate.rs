@@ -16,7 +16,6 @@
 //! Hibernation only affects liveness: raft's safety never depends on ticks.
 
 use bytes::Bytes;
-use raft::ProgressState;
 
 use super::PeerFsm;
 use crate::proto::raft_serverpb::RaftMessage;
@@ -28,6 +27,16 @@ impl PeerFsm {
     /// judged from the log and progress at each tick.
     pub fn wake(&mut self) {
         self.hibernating = false;
+    }
+
+    /// A (pre-)vote request reached this peer: some peer lost track of the leader. A leader
+    /// stays awake for a full hibernation period so its heartbeats reach everyone again
+    /// (otherwise it could fall back asleep after one tick, before its next heartbeat).
+    pub(super) fn on_campaign_seen(&mut self, msg_type: raft::eraftpb::MessageType) {
+        use raft::eraftpb::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        if matches!(msg_type, MsgRequestPreVote | MsgRequestVote) {
+            self.idle_ticks = 0;
+        }
     }
 
     /// A client command or membership work: wake, and start counting quiet ticks afresh.
@@ -104,8 +113,12 @@ impl PeerFsm {
         {
             return false;
         }
+        // Every peer holds the whole log and knows it is committed (a follower hibernating
+        // before it learned the commit index would leave its entries unapplied). A peer's
+        // progress may sit in Probe after a dropped message although it matches: matching is
+        // what counts.
         raft.prs()
             .iter()
-            .all(|(_, pr)| pr.matched == last && pr.state == ProgressState::Replicate)
+            .all(|(_, pr)| pr.matched == last && pr.committed_index == last)
     }
 }
