@@ -86,7 +86,7 @@ fn a_nearly_full_disk_refuses_writes_cleanly_and_recovers_when_space_is_freed() 
         let cluster = Cluster::start(
             3,
             ClusterOptions {
-                initial_regions: Some(2),
+                initial_regions: Some(8),
                 node_args: vec!["--reserve-space-bytes".into(), RESERVE_BYTES.to_string()],
                 node_data_dirs: BTreeMap::from([(1, tmpfs.path().join("node-1"))]),
                 ..ClusterOptions::default()
@@ -101,9 +101,54 @@ fn a_nearly_full_disk_refuses_writes_cleanly_and_recovers_when_space_is_freed() 
             model.put(&key, key.as_bytes());
         }
 
+        // Idle regions hibernate: no raft message of theirs will tell a leader about node 1's
+        // disk. Its store heartbeats must.
+        wait_until("every region to hibernate", WAIT_TIMEOUT, async || {
+            for node in cluster.node_ids() {
+                let status = cluster.status(node).await.map_err(|e| e.to_string())?;
+                if !status.regions.iter().all(|r| r.hibernating) {
+                    return Err(format!("node {node} has awake regions"));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        let status = cluster.status(2).await.expect("status of node 2");
+
         // Node 1's file system drops below its reserve: every region has a replica there,
         // so every write is refused — through any node — with 507 disk_full.
         let ballast = fill(tmpfs.path(), tmpfs.available(), RESERVE_BYTES / 2);
+        for node in [2, 3] {
+            let what =
+                format!("node {node} to hear from store 1's heartbeats that it is low on disk");
+            wait_until(&what, WAIT_TIMEOUT, async || {
+                let json = cluster.status_json(node).await.map_err(|e| e.to_string())?;
+                let low = json["low_disk_stores"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                low.contains(&serde_json::json!(1))
+                    .then_some(())
+                    .ok_or(format!("low_disk_stores {low:?}"))
+            })
+            .await;
+        }
+        // The FIRST write to a hibernating region led by node 2 or 3 is refused: nothing of
+        // it lands on node 1's nearly full disk.
+        let keys = common::keys_covering_regions(&status.regions, "while-low", 1);
+        let mut checked = 0;
+        for region in status.regions.iter().filter(|r| r.leader_store_id != 1) {
+            let leader = region.leader_store_id as usize;
+            let key = &keys[&region.id][0];
+            match cluster.put(leader, key, b"x").await {
+                Err(error) if error.status() == Some(507) => checked += 1,
+                other => panic!(
+                    "a write to region {} led by node {leader}: {other:?}",
+                    region.id
+                ),
+            }
+        }
+        eprintln!("{checked} hibernating regions led by nodes 2/3 refused their first write");
         for node in cluster.node_ids() {
             let what = format!("a write through node {node} to be refused for lack of disk");
             wait_until(&what, WAIT_TIMEOUT, async || {

@@ -59,6 +59,10 @@ pub struct StoreConfig {
     /// Set while this store's disk is below its reserved free space (kept current by the
     /// server's disk monitor): client writes to regions with a replica here are refused.
     pub disk_low: Arc<std::sync::atomic::AtomicBool>,
+    /// Other stores whose last store heartbeat said they are low on disk (kept by the
+    /// router): leaders refuse writes to regions with a replica there even while no raft
+    /// message of the region flows (hibernation).
+    pub low_disk_stores: Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
     /// Idle regions stop ticking (see `hibernate` in peer.rs): an idle store costs almost
     /// nothing however many regions it holds.
     pub hibernate_regions: bool,
@@ -92,6 +96,7 @@ impl StoreConfig {
             mailbox_capacity: 65_536,
             snap_dir,
             disk_low: Arc::default(),
+            low_disk_stores: Arc::default(),
             hibernate_regions: true,
         }
     }
@@ -140,7 +145,7 @@ impl RaftStore {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..pollers)
             .map(|_| crossbeam_channel::bounded(cfg.mailbox_capacity))
             .unzip();
-        let router = Arc::new(Router::new(senders));
+        let router = Arc::new(Router::new(senders, cfg.low_disk_stores.clone()));
         let mut peers_by_poller: Vec<HashMap<u64, peer::PeerFsm>> =
             (0..pollers).map(|_| HashMap::new()).collect();
         for region in persisted {

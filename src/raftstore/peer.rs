@@ -125,6 +125,8 @@ pub struct PeerFsm {
     /// said their disk is low.
     disk_low: std::sync::Arc<std::sync::atomic::AtomicBool>,
     low_disk_stores: std::collections::HashSet<u64>,
+    /// Stores whose store heartbeats say they are low on disk (see `StoreConfig`).
+    heartbeat_low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
     pending_writes: VecDeque<PendingWrite>,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
@@ -230,6 +232,7 @@ impl PeerFsm {
             recent_hashes: VecDeque::with_capacity(LOAD_SAMPLES),
             disk_low: cfg.disk_low.clone(),
             low_disk_stores: std::collections::HashSet::new(),
+            heartbeat_low_disk_stores: cfg.low_disk_stores.clone(),
             pending_writes: VecDeque::new(),
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
@@ -804,11 +807,10 @@ impl PeerFsm {
                 ),
             ));
         }
-        let low = self
-            .region()
-            .peers
-            .iter()
-            .find(|p| self.low_disk_stores.contains(&p.store_id))?;
+        let from_heartbeats = self.heartbeat_low_disk_stores.read();
+        let low = self.region().peers.iter().find(|p| {
+            self.low_disk_stores.contains(&p.store_id) || from_heartbeats.contains(&p.store_id)
+        })?;
         Some(msg::disk_full(
             low.store_id,
             format!(

@@ -170,7 +170,8 @@ impl Poller {
         }
         if self.ticks % self.cfg.store_heartbeat_ticks() as u64 == 0 {
             for &store_id in &self.known_stores {
-                outbox.push(store_heartbeat(self.cfg.store_id, store_id));
+                let disk_low = self.cfg.disk_low.load(std::sync::atomic::Ordering::Relaxed);
+                outbox.push(store_heartbeat(self.cfg.store_id, store_id, disk_low));
             }
         }
         for message in outbox {
@@ -662,8 +663,9 @@ fn may_create_peer(message: &RaftMessage) -> bool {
     }
 }
 
-/// A store heartbeat (region 0): tells `to_store` that `from_store` is alive.
-fn store_heartbeat(from_store: u64, to_store: u64) -> RaftMessage {
+/// A store heartbeat (region 0): tells `to_store` that `from_store` is alive, and whether it
+/// is low on disk.
+fn store_heartbeat(from_store: u64, to_store: u64, disk_low: bool) -> RaftMessage {
     use crate::proto::metapb::Peer;
     RaftMessage {
         region_id: 0,
@@ -675,6 +677,7 @@ fn store_heartbeat(from_store: u64, to_store: u64) -> RaftMessage {
             store_id: to_store,
             ..Default::default()
         }),
+        disk_low,
         ..Default::default()
     }
 }

@@ -49,6 +49,8 @@ pub struct Router {
     snapshot_ranges: parking_lot::Mutex<Vec<(u64, u64, u64)>>,
     /// When each remote store's last store heartbeat arrived (see `deliver_raft`).
     store_heard: parking_lot::Mutex<HashMap<u64, std::time::Instant>>,
+    /// Remote stores whose last store heartbeat said their disk is low (shared with peers).
+    low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
 }
 
 #[derive(Default)]
@@ -65,7 +67,10 @@ pub fn is_initialized(region: &Region) -> bool {
 }
 
 impl Router {
-    pub fn new(mailboxes: Vec<Sender<PollerMsg>>) -> Router {
+    pub fn new(
+        mailboxes: Vec<Sender<PollerMsg>>,
+        low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
+    ) -> Router {
         assert!(!mailboxes.is_empty(), "a store needs at least one poller");
         Router {
             mailboxes,
@@ -73,6 +78,7 @@ impl Router {
             changes: tokio::sync::Notify::new(),
             snapshot_ranges: parking_lot::Mutex::new(Vec::new()),
             store_heard: parking_lot::Mutex::new(HashMap::new()),
+            low_disk_stores,
         }
     }
 
@@ -236,6 +242,15 @@ impl Router {
                 self.store_heard
                     .lock()
                     .insert(from.store_id, std::time::Instant::now());
+                let known_low = self.low_disk_stores.read().contains(&from.store_id);
+                if known_low != msg.disk_low {
+                    let mut low = self.low_disk_stores.write();
+                    if msg.disk_low {
+                        low.insert(from.store_id);
+                    } else {
+                        low.remove(&from.store_id);
+                    }
+                }
             }
             return;
         }
@@ -250,6 +265,13 @@ impl Router {
 }
 
 impl Router {
+    /// Other stores whose last store heartbeat said their disk is low, in id order.
+    pub fn low_disk_stores(&self) -> Vec<u64> {
+        let mut stores: Vec<u64> = self.low_disk_stores.read().iter().copied().collect();
+        stores.sort_unstable();
+        stores
+    }
+
     /// Of `stores`, those whose last store heartbeat is older than `silent_after` (counted
     /// from `since` for a store never heard from).
     pub fn silent_stores(
@@ -302,7 +324,7 @@ mod tests {
     #[test]
     fn uninitialized_regions_are_known_by_id_but_own_no_hashes() {
         let (tx, _rx) = crossbeam_channel::bounded(1);
-        let router = Router::new(vec![tx]);
+        let router = Router::new(vec![tx], Default::default());
         router.update_region(region(1, 0, 100, 3));
         router.update_region(region(2, 0, 0, 0)); // created for a snapshot: no range yet
         assert_eq!(router.region_for_hash(5).map(|r| r.id), Some(1));

@@ -566,6 +566,8 @@ async fn status_handler(State(state): State<HttpState>) -> Response {
     Json200(json!({
         "store_id": state.store_id,
         "raft_addr": state.raft_addr,
+        // Other stores whose store heartbeats say they are low on disk.
+        "low_disk_stores": state.kv.router().low_disk_stores(),
         "regions": regions,
     }))
     .into_response()
