@@ -26,6 +26,10 @@ VALUE_SIZE=${VALUE_SIZE:-256}
 KEY_SIZE=${KEY_SIZE:-16}
 WORKLOADS=${WORKLOADS:-"write read a"}
 RINGKV_GRPC=${RINGKV_GRPC:-0}
+# Three nodes share this machine's cores: one async worker each (see --async-threads).
+NODE_ARGS=${NODE_ARGS:---async-threads 1}
+# etcd's Go runtime threads (GOMAXPROCS); empty = Go's default (one per CPU).
+ETCD_GOMAXPROCS=${ETCD_GOMAXPROCS:-}
 
 ops/setup.sh
 if ! command -v etcd >/dev/null; then
@@ -60,7 +64,7 @@ wait_for() {
 start_etcd() {
     local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
     for i in 1 2 3; do
-        etcd --name "e$i" --data-dir "$work/etcd$i" \
+        GOMAXPROCS=${ETCD_GOMAXPROCS:-$(nproc)} etcd --name "e$i" --data-dir "$work/etcd$i" \
             --listen-client-urls "http://127.0.0.1:2379$i" \
             --advertise-client-urls "http://127.0.0.1:2379$i" \
             --listen-peer-urls "http://127.0.0.1:2380$i" \
@@ -80,7 +84,7 @@ start_ringkv() {
     for i in 1 2 3; do
         RINGKV_LOG=warn "$RINGKV" node --id "$i" --cluster "$cluster" \
             --http-addr "127.0.0.1:${i}2380" --data-dir "$work/ringkv$i" \
-            --certs-dir "$work/certs" >"$work/ringkv$i.log" 2>&1 &
+            --certs-dir "$work/certs" $NODE_ARGS >"$work/ringkv$i.log" 2>&1 &
         pids+=($!)
     done
     for i in 1 2 3; do wait_for "http://127.0.0.1:${i}2380/health"; done
@@ -100,7 +104,7 @@ start_ringkv_placement() {
         RINGKV_LOG=warn "$RINGKV" node --placement 127.0.0.1:2379 \
             --raft-addr "127.0.0.1:${i}2379" --http-addr "127.0.0.1:${i}2380" \
             --data-dir "$work/ringkv$i" --certs-dir "$work/certs" --cert-name "node-$i" \
-            --placement-heartbeat-ms 1000 --region-split-load-keys-per-sec 0 \
+            --placement-heartbeat-ms 1000 --region-split-load-keys-per-sec 0 $NODE_ARGS \
             >"$work/ringkv$i.log" 2>&1 &
         pids+=($!)
         wait_for "http://127.0.0.1:${i}2380/health"

@@ -14,7 +14,8 @@ REGION_COUNTS=${REGION_COUNTS:-"16 64 1000"}
 DURATION=${DURATION:-20}
 CONCURRENCY=${CONCURRENCY:-64}
 KEYS=${KEYS:-10000}
-NODE_ARGS=${NODE_ARGS:-}
+# Three nodes share this machine's cores: one async worker each (see --async-threads).
+NODE_ARGS=${NODE_ARGS:---async-threads 1}
 
 ops/setup.sh
 cargo build --release --quiet -p ringkv -p ringkv-kvbench --bins

@@ -61,6 +61,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             raft_log_gc_threshold: 1024,
             pollers: 1,
             hibernate_regions: true,
+            lease_reads: true,
             reserve_space_bytes: crate::server::DEFAULT_RESERVE_SPACE_BYTES,
             split: SplitPolicy {
                 size_bytes: DEFAULT_REGION_SPLIT_SIZE,

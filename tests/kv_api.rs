@@ -281,6 +281,20 @@ fn expired_keys_are_never_returned_and_are_deleted_from_every_replica() {
             )
             .await;
         }
+        // Followers learn a commit index from the next append or heartbeat: wait until every
+        // replica applied the re-created key before looking at their disks.
+        for node in 1..=3 {
+            let client = cluster.client(node);
+            wait_until(
+                &format!("node {node} to apply the re-created tmp-cas"),
+                WAIT_TIMEOUT,
+                async || match client.get_stale("tmp-cas").await {
+                    Ok(Some(value)) if value == b"again" => Ok(()),
+                    other => Err(format!("stale read: {other:?}")),
+                },
+            )
+            .await;
+        }
         // Gone from every replica's RocksDB, while the lasting keys stay.
         for node in 1..=3 {
             cluster.kill(node);

@@ -369,10 +369,15 @@ impl PeerStorage {
         self.cache.clear();
     }
 
-    pub fn set_hard_state(&mut self, hs: &HardState) {
+    /// Records a new hard state; true when it must be made durable before raft goes on (a
+    /// new term or vote). A commit index alone need not be: after a crash it is at least the
+    /// applied index (see `PeerStorage::new`) and the leader tells the rest again.
+    pub fn set_hard_state(&mut self, hs: &HardState) -> bool {
+        let must_persist = hs.term != self.raft_state.term || hs.vote != self.raft_state.vote;
         self.raft_state.term = hs.term;
         self.raft_state.vote = hs.vote;
         self.raft_state.commit = hs.commit;
+        must_persist
     }
 
     /// Records a commit index learned after persistence (LightReady); persisted lazily.

@@ -59,13 +59,18 @@ pub struct StoreConfig {
     /// Set while this store's disk is below its reserved free space (kept current by the
     /// server's disk monitor): client writes to regions with a replica here are refused.
     pub disk_low: Arc<std::sync::atomic::AtomicBool>,
-    /// Other stores whose last store heartbeat said they are low on disk (kept by the
-    /// router): leaders refuse writes to regions with a replica there even while no raft
-    /// message of the region flows (hibernation).
+    /// Other stores whose latest message (raft or store heartbeat) said they are low on disk
+    /// (kept by the router): leaders refuse writes to regions with a replica there, also
+    /// while no raft message of the region flows (hibernation).
     pub low_disk_stores: Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
     /// Idle regions stop ticking (see `hibernate` in peer.rs): an idle store costs almost
     /// nothing however many regions it holds.
     pub hibernate_regions: bool,
+    /// Leaders answer linearizable reads under a quorum-confirmed lease (see
+    /// `peer/lease.rs`) instead of a ReadIndex round trip per batch.
+    pub lease_reads: bool,
+    /// When this store started: it refuses votes for an election timeout (lease safety).
+    pub started: std::time::Instant,
 }
 
 impl StoreConfig {
@@ -85,6 +90,20 @@ impl StoreConfig {
         std::time::Duration::from_millis(self.raft_tick_ms * self.election_ticks as u64 * 2)
     }
 
+    /// The shortest time a voter that heard from its leader refuses to vote for another.
+    pub fn election_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.raft_tick_ms * self.election_ticks as u64)
+    }
+
+    /// How long a leader's lease lasts from the ReadIndex that confirmed it: 80% of the
+    /// `election_ticks - 1` tick intervals a follower waits at least before campaigning.
+    /// `None` when lease reads are off (or the election timeout is too short for one).
+    pub fn lease_duration(&self) -> Option<std::time::Duration> {
+        let ticks = self.election_ticks.saturating_sub(1) as u64;
+        let millis = self.raft_tick_ms * ticks * 4 / 5;
+        (self.lease_reads && millis > 0).then(|| std::time::Duration::from_millis(millis))
+    }
+
     pub fn new(store_id: u64, snap_dir: PathBuf) -> StoreConfig {
         StoreConfig {
             store_id,
@@ -98,6 +117,8 @@ impl StoreConfig {
             disk_low: Arc::default(),
             low_disk_stores: Arc::default(),
             hibernate_regions: true,
+            lease_reads: true,
+            started: std::time::Instant::now(),
         }
     }
 }

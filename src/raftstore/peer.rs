@@ -32,6 +32,7 @@ use crate::region::{find_peer, find_peer_on_store, region_contains};
 use crate::value::now_ms;
 
 mod hibernate;
+mod lease;
 
 /// Upper bound on reads waiting for one peer (beyond it clients get ServerIsBusy).
 const MAX_PENDING_READS: usize = 65_536;
@@ -58,6 +59,10 @@ struct PendingRead {
 struct ReadBatch {
     id: u64,
     read_index: Option<u64>,
+    /// When the ReadIndex was issued, and in which term: a confirmation extends the lease
+    /// from then.
+    sent_at: std::time::Instant,
+    term: u64,
     reads: Vec<PendingRead>,
 }
 
@@ -121,12 +126,10 @@ pub struct PeerFsm {
     read_keys: u64,
     /// Hashes of the most recently accessed keys (as leader): where a split halves the load.
     recent_hashes: VecDeque<u64>,
-    /// This store's disk-low flag (shared), and the stores of other peers whose last message
-    /// said their disk is low.
+    /// This store's disk-low flag (shared), and the other stores whose latest message said
+    /// their disk is low (kept by the router, see `StoreConfig`).
     disk_low: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    low_disk_stores: std::collections::HashSet<u64>,
-    /// Stores whose store heartbeats say they are low on disk (see `StoreConfig`).
-    heartbeat_low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
+    low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
     pending_writes: VecDeque<PendingWrite>,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
@@ -137,6 +140,17 @@ pub struct PeerFsm {
     snapshots_applied: u64,
     was_leader: bool,
     gc_threshold: u64,
+    /// While a split this leader proposed is not yet applied here (its log index, 0 = none),
+    /// every commit is broadcast at once so followers apply the split — and start the new
+    /// region's peers — without waiting for the next heartbeat.
+    bcast_commit_until: u64,
+    /// Peers sent an append since their last heartbeat: their next plain heartbeat is left
+    /// out (see `wrap_messages`). A handful of ids, empty when idle.
+    appended_since_heartbeat: Vec<u64>,
+    lease: lease::Lease,
+    /// When this store started, and its election timeout (see `lease.rs`).
+    store_started: std::time::Instant,
+    election_timeout: std::time::Duration,
     /// Not ticking (see `peer/hibernate.rs`); cleared by any message or command.
     pub hibernating: bool,
     /// Quiet ticks counted toward hibernation (as leader).
@@ -206,6 +220,12 @@ impl PeerFsm {
             pre_vote: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            // Followers learn a new commit index from the next append or heartbeat instead
+            // of from an append sent for nothing else: per write that saves each follower a
+            // message, a raft-state write and a separate apply, and the leader a response.
+            // Only stale reads on followers see writes a little later; conf changes (raft)
+            // and splits (`bcast_commit_until`) still broadcast.
+            skip_bcast_commit: true,
             ..Default::default()
         };
         let logger = slog::Logger::root(
@@ -231,8 +251,7 @@ impl PeerFsm {
             read_keys: 0,
             recent_hashes: VecDeque::with_capacity(LOAD_SAMPLES),
             disk_low: cfg.disk_low.clone(),
-            low_disk_stores: std::collections::HashSet::new(),
-            heartbeat_low_disk_stores: cfg.low_disk_stores.clone(),
+            low_disk_stores: cfg.low_disk_stores.clone(),
             pending_writes: VecDeque::new(),
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
@@ -243,6 +262,11 @@ impl PeerFsm {
             snapshots_applied: 0,
             was_leader: false,
             gc_threshold: cfg.raft_log_gc_threshold,
+            bcast_commit_until: 0,
+            appended_since_heartbeat: Vec::new(),
+            lease: lease::Lease::new(cfg.lease_duration()),
+            store_started: cfg.started,
+            election_timeout: cfg.election_timeout(),
         })
     }
 
@@ -332,11 +356,6 @@ impl PeerFsm {
         self.wake();
         if let Some(from) = message.from_peer {
             self.peer_cache.insert(from.id, from);
-            if message.disk_low {
-                self.low_disk_stores.insert(from.store_id);
-            } else {
-                self.low_disk_stores.remove(&from.store_id);
-            }
         }
         if message.to_peer.as_ref().map(|p| p.id) != Some(self.peer.id) {
             tracing::debug!(
@@ -353,6 +372,14 @@ impl PeerFsm {
             }
         };
         self.on_campaign_seen(raft_msg.get_msg_type());
+        if self.refuses_vote_after_start(&raft_msg) {
+            tracing::debug!(
+                region = self.region_id(),
+                from = raft_msg.from,
+                "vote request dropped: this store started less than an election timeout ago"
+            );
+            return;
+        }
         if let Err(err) = self.raw.step(raft_msg) {
             tracing::debug!(region = self.region_id(), %err, "raft step");
         }
@@ -472,6 +499,8 @@ impl PeerFsm {
         };
         match self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
             Ok(()) => {
+                self.bcast_commit_until = self.raw.raft.raft_log.last_index();
+                self.raw.skip_bcast_commit(false);
                 metrics::counter!("ringkv_raft_proposals_total", "kind" => "split").increment(1);
                 tracing::info!(
                     region = region_id,
@@ -658,6 +687,7 @@ impl PeerFsm {
                 store = peer.store_id,
                 "transferring leadership"
             );
+            self.revoke_lease_for_term();
             self.raw.transfer_leader(peer.id);
         }
         msg::done()
@@ -790,7 +820,9 @@ impl PeerFsm {
         for key in read.keys() {
             self.sample_access(key);
         }
-        self.new_reads.push(PendingRead { read, reply });
+        if let Some(read) = self.try_lease_read(PendingRead { read, reply }) {
+            self.new_reads.push(read);
+        }
     }
 
     /// A client write must not go ahead while a store holding the region is below its
@@ -807,10 +839,12 @@ impl PeerFsm {
                 ),
             ));
         }
-        let from_heartbeats = self.heartbeat_low_disk_stores.read();
-        let low = self.region().peers.iter().find(|p| {
-            self.low_disk_stores.contains(&p.store_id) || from_heartbeats.contains(&p.store_id)
-        })?;
+        let low_stores = self.low_disk_stores.read();
+        let low = self
+            .region()
+            .peers
+            .iter()
+            .find(|p| low_stores.contains(&p.store_id))?;
         Some(msg::disk_full(
             low.store_id,
             format!(
@@ -844,6 +878,15 @@ impl PeerFsm {
     /// wait here until it has.
     pub fn flush_reads(&mut self) {
         if self.new_reads.is_empty() {
+            // Reads answered under the lease asked for it to be renewed: one ReadIndex with
+            // no reads attached, unless one is in flight already.
+            if self.take_lease_renewal()
+                && self.is_leader()
+                && self.read_batches.iter().all(|b| b.read_index.is_some())
+                && self.raw.raft.commit_to_current_term()
+            {
+                self.issue_read_index(Vec::new());
+            }
             return;
         }
         if !self.is_leader() {
@@ -856,16 +899,25 @@ impl PeerFsm {
         if !self.raw.raft.commit_to_current_term() {
             return;
         }
+        let reads = std::mem::take(&mut self.new_reads);
+        self.issue_read_index(reads);
+    }
+
+    /// One ReadIndex request for `reads` (none: only to renew the lease).
+    fn issue_read_index(&mut self, reads: Vec<PendingRead>) {
+        // Any ReadIndex renews the lease: no separate renewal needed.
+        self.take_lease_renewal();
         let id = self.next_read_batch_id;
         self.next_read_batch_id += 1;
         self.raw.read_index(id.to_be_bytes().to_vec());
         metrics::counter!("ringkv_raft_read_index_total").increment(1);
-        metrics::histogram!("ringkv_raft_read_index_batch_reads")
-            .record(self.new_reads.len() as f64);
+        metrics::histogram!("ringkv_raft_read_index_batch_reads").record(reads.len() as f64);
         self.read_batches.push_back(ReadBatch {
             id,
             read_index: None,
-            reads: std::mem::take(&mut self.new_reads),
+            sent_at: std::time::Instant::now(),
+            term: self.raw.raft.term,
+            reads,
         });
     }
 
@@ -897,6 +949,7 @@ impl PeerFsm {
     /// After losing leadership, reads waiting here can never be confirmed by this peer:
     /// answer them NotLeader so the client retries at the new leader.
     fn on_role_change(&mut self) {
+        self.end_lease();
         let leader = self.is_leader();
         if self.was_leader && !leader {
             let response = self.not_leader();
@@ -961,8 +1014,9 @@ impl PeerFsm {
             dirty = true;
         }
         if let Some(hs) = ready.hs() {
-            self.raw.mut_store().set_hard_state(hs);
-            dirty = true;
+            // A commit index alone rides along with the next write that has to happen anyway
+            // (etcd's "must sync" rule): no write and no fsync of its own.
+            dirty |= self.raw.mut_store().set_hard_state(hs);
         }
         if dirty {
             self.raw.store().write_raft_state(raft_batch)?;
@@ -1003,6 +1057,10 @@ impl PeerFsm {
     pub fn after_apply(&mut self, gc_batch: &mut WriteBatch) -> EngineResult<()> {
         let applied = self.raw.store().applied_index();
         self.raw.advance_apply_to(applied);
+        if self.bcast_commit_until != 0 && applied >= self.bcast_commit_until {
+            self.bcast_commit_until = 0;
+            self.raw.skip_bcast_commit(true);
+        }
         self.serve_reads();
         let truncated = self.raw.store().truncated_index();
         if applied.saturating_sub(truncated) <= self.gc_threshold {
@@ -1038,14 +1096,55 @@ impl PeerFsm {
             return;
         };
         let id = u64::from_be_bytes(bytes);
-        if let Some(batch) = self.read_batches.iter_mut().find(|b| b.id == id) {
-            batch.read_index = Some(index);
+        let Some(batch) = self.read_batches.iter_mut().find(|b| b.id == id) else {
+            return;
+        };
+        batch.read_index = Some(index);
+        let (sent_at, term) = (batch.sent_at, batch.term);
+        self.extend_lease(sent_at, term);
+    }
+
+    fn wrap_messages(&mut self, messages: Vec<RaftMsg>, outbox: &mut Vec<RaftMessage>) {
+        for message in messages {
+            if self.redundant_heartbeat(&message) {
+                continue;
+            }
+            self.wrap_message(message, outbox);
         }
     }
 
-    fn wrap_messages(&self, messages: Vec<RaftMsg>, outbox: &mut Vec<RaftMessage>) {
+    /// A plain heartbeat to a follower that was sent an append since the last heartbeat
+    /// round tells it nothing the append did not: the append reset its election timer and
+    /// carried the commit index, and its answer keeps the leader's quorum check satisfied.
+    /// With many busy regions these heartbeats (and their responses) were about a third of
+    /// all raft messages. Heartbeats confirming a ReadIndex (non-empty context) always go;
+    /// once appends stop, heartbeats resume on the next round.
+    fn redundant_heartbeat(&mut self, message: &RaftMsg) -> bool {
+        match message.get_msg_type() {
+            MessageType::MsgAppend => {
+                if !self.appended_since_heartbeat.contains(&message.to) {
+                    self.appended_since_heartbeat.push(message.to);
+                }
+                false
+            }
+            MessageType::MsgHeartbeat if message.context.is_empty() => {
+                let Some(at) = self
+                    .appended_since_heartbeat
+                    .iter()
+                    .position(|&to| to == message.to)
+                else {
+                    return false;
+                };
+                self.appended_since_heartbeat.swap_remove(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn wrap_message(&self, message: RaftMsg, outbox: &mut Vec<RaftMessage>) {
         let region = self.region();
-        for message in messages {
+        {
             let to_peer =
                 find_peer(region, message.to).or_else(|| self.peer_cache.get(&message.to));
             let Some(to_peer) = to_peer.cloned() else {
@@ -1054,7 +1153,7 @@ impl PeerFsm {
                     to = message.to,
                     "message to unknown peer dropped"
                 );
-                continue;
+                return;
             };
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 tracing::info!(region = region.id, to = message.to, "sending snapshot");
@@ -1063,7 +1162,7 @@ impl PeerFsm {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     tracing::error!(region = region.id, %err, "cannot encode raft message");
-                    continue;
+                    return;
                 }
             };
             outbox.push(RaftMessage {
@@ -1361,6 +1460,8 @@ impl PeerFsm {
     /// Follows a new region shape: this peer's own role, or its removal.
     fn on_region_changed(&mut self) {
         self.region_changed = true;
+        // A membership change makes a new quorum; the next ReadIndex confirms the lease anew.
+        self.end_lease();
         match find_peer(self.region(), self.peer.id) {
             Some(me) => self.peer = *me,
             None if self.is_initialized() => self.removed = true,

@@ -49,7 +49,7 @@ pub struct Router {
     snapshot_ranges: parking_lot::Mutex<Vec<(u64, u64, u64)>>,
     /// When each remote store's last store heartbeat arrived (see `deliver_raft`).
     store_heard: parking_lot::Mutex<HashMap<u64, std::time::Instant>>,
-    /// Remote stores whose last store heartbeat said their disk is low (shared with peers).
+    /// Remote stores whose latest message said their disk is low (shared with peers).
     low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
 }
 
@@ -236,21 +236,26 @@ impl Router {
     /// not, see the module docs); drops it if that mailbox is full (raft retransmits).
     pub fn deliver_raft(&self, msg: RaftMessage) {
         let region_id = msg.region_id;
+        if let Some(from) = msg.from_peer {
+            // Every message says whether its store is low on disk; one store's messages
+            // arrive in order, so the set always holds the latest word of each store, for
+            // every region (a hibernating one hears no raft messages of its own).
+            let known_low = self.low_disk_stores.read().contains(&from.store_id);
+            if known_low != msg.disk_low {
+                let mut low = self.low_disk_stores.write();
+                if msg.disk_low {
+                    low.insert(from.store_id);
+                } else {
+                    low.remove(&from.store_id);
+                }
+            }
+        }
         if region_id == 0 {
             // A store heartbeat: the sender's store is alive.
             if let Some(from) = msg.from_peer {
                 self.store_heard
                     .lock()
                     .insert(from.store_id, std::time::Instant::now());
-                let known_low = self.low_disk_stores.read().contains(&from.store_id);
-                if known_low != msg.disk_low {
-                    let mut low = self.low_disk_stores.write();
-                    if msg.disk_low {
-                        low.insert(from.store_id);
-                    } else {
-                        low.remove(&from.store_id);
-                    }
-                }
             }
             return;
         }
@@ -265,7 +270,7 @@ impl Router {
 }
 
 impl Router {
-    /// Other stores whose last store heartbeat said their disk is low, in id order.
+    /// Other stores whose latest message said their disk is low, in id order.
     pub fn low_disk_stores(&self) -> Vec<u64> {
         let mut stores: Vec<u64> = self.low_disk_stores.read().iter().copied().collect();
         stores.sort_unstable();

@@ -81,6 +81,8 @@ pub struct NodeConfig {
     pub pollers: usize,
     /// Idle regions stop ticking until traffic wakes them.
     pub hibernate_regions: bool,
+    /// Leaders answer linearizable reads under a quorum-confirmed lease.
+    pub lease_reads: bool,
     pub limits: Limits,
     pub request_timeout: Duration,
     /// Between passes deleting expired keys of the regions this node leads (zero: never).
@@ -348,6 +350,7 @@ impl Node {
         store_cfg.raft_log_gc_threshold = cfg.raft_log_gc_threshold;
         store_cfg.pollers = cfg.pollers;
         store_cfg.hibernate_regions = cfg.hibernate_regions;
+        store_cfg.lease_reads = cfg.lease_reads;
         let disk_monitor = tokio::spawn(watch_disk(
             cfg.data_dir.clone(),
             cfg.reserve_space_bytes,
