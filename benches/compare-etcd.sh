@@ -5,6 +5,8 @@
 #   benches/compare-etcd.sh                       # 20 s per load, 64 clients
 #   DURATION=60 CONCURRENCY=128 benches/compare-etcd.sh
 #   RINGKV_GRPC=1 benches/compare-etcd.sh         # also ringkv through its routing gRPC client
+#   NODE_ARGS="--async-threads 2" benches/compare-etcd.sh   # ringkv node flags
+#   ETCD_GOMAXPROCS=1 benches/compare-etcd.sh     # etcd's Go threads (default: one per CPU)
 #
 # By default ringkv runs as a static cluster (--id/--cluster: one region, a voter on every
 # node) and is loaded over HTTP, the clients spread over the 3 nodes. With RINGKV_GRPC=1 the
@@ -82,6 +84,7 @@ start_ringkv() {
     "$RINGKV" certs --dir "$work/certs" --nodes 3 >/dev/null
     local cluster="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
     for i in 1 2 3; do
+        # shellcheck disable=SC2086 # NODE_ARGS holds several words
         RINGKV_LOG=warn "$RINGKV" node --id "$i" --cluster "$cluster" \
             --http-addr "127.0.0.1:${i}2380" --data-dir "$work/ringkv$i" \
             --certs-dir "$work/certs" $NODE_ARGS >"$work/ringkv$i.log" 2>&1 &
@@ -101,6 +104,7 @@ start_ringkv_placement() {
     pids+=($!)
     wait_for "http://127.0.0.1:2380/health"
     for i in 1 2 3; do
+        # shellcheck disable=SC2086 # NODE_ARGS holds several words
         RINGKV_LOG=warn "$RINGKV" node --placement 127.0.0.1:2379 \
             --raft-addr "127.0.0.1:${i}2379" --http-addr "127.0.0.1:${i}2380" \
             --data-dir "$work/ringkv$i" --certs-dir "$work/certs" --cert-name "node-$i" \

@@ -69,7 +69,7 @@ pub struct StoreConfig {
     /// Leaders answer linearizable reads under a quorum-confirmed lease (see
     /// `peer/lease.rs`) instead of a ReadIndex round trip per batch.
     pub lease_reads: bool,
-    /// When this store started: it refuses votes for an election timeout (lease safety).
+    /// When this store started: it refuses votes for a while after (lease safety).
     pub started: std::time::Instant,
 }
 
@@ -90,18 +90,20 @@ impl StoreConfig {
         std::time::Duration::from_millis(self.raft_tick_ms * self.election_ticks as u64 * 2)
     }
 
-    /// The shortest time a voter that heard from its leader refuses to vote for another.
-    pub fn election_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.raft_tick_ms * self.election_ticks as u64)
+    /// How long a peer grants no (pre-)vote after hearing from its leader or after its store
+    /// started: `election_ticks - 1` tick intervals (a follower's election timer runs at
+    /// least that long too, so elections are not slowed).
+    pub fn vote_refusal_window(&self) -> std::time::Duration {
+        let ticks = self.election_ticks.saturating_sub(1) as u64;
+        std::time::Duration::from_millis(self.raft_tick_ms * ticks)
     }
 
-    /// How long a leader's lease lasts from the ReadIndex that confirmed it: 80% of the
-    /// `election_ticks - 1` tick intervals a follower waits at least before campaigning.
-    /// `None` when lease reads are off (or the election timeout is too short for one).
+    /// How long a leader's lease lasts from the ReadIndex that confirmed it: 80% of the vote
+    /// refusal window of the voters that confirmed it. `None` when lease reads are off (or
+    /// the window is too short for one).
     pub fn lease_duration(&self) -> Option<std::time::Duration> {
-        let ticks = self.election_ticks.saturating_sub(1) as u64;
-        let millis = self.raft_tick_ms * ticks * 4 / 5;
-        (self.lease_reads && millis > 0).then(|| std::time::Duration::from_millis(millis))
+        let lease = self.vote_refusal_window() * 4 / 5;
+        (self.lease_reads && !lease.is_zero()).then_some(lease)
     }
 
     pub fn new(store_id: u64, snap_dir: PathBuf) -> StoreConfig {

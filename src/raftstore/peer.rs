@@ -140,17 +140,21 @@ pub struct PeerFsm {
     snapshots_applied: u64,
     was_leader: bool,
     gc_threshold: u64,
-    /// While a split this leader proposed is not yet applied here (its log index, 0 = none),
-    /// every commit is broadcast at once so followers apply the split — and start the new
-    /// region's peers — without waiting for the next heartbeat.
+    /// While a split this leader proposed — or any entry its log held when it was elected —
+    /// is not yet applied here (that log index, 0 = none), every commit is broadcast at once
+    /// so followers apply a split — and start the new region's peers — without waiting for
+    /// the next heartbeat.
     bcast_commit_until: u64,
     /// Peers sent an append since their last heartbeat: their next plain heartbeat is left
     /// out (see `wrap_messages`). A handful of ids, empty when idle.
     appended_since_heartbeat: Vec<u64>,
     lease: lease::Lease,
-    /// When this store started, and its election timeout (see `lease.rs`).
+    /// When this store started, and how long a peer grants no vote after it or after hearing
+    /// from its leader (see `lease.rs`).
     store_started: std::time::Instant,
-    election_timeout: std::time::Duration,
+    vote_refusal: std::time::Duration,
+    /// When this peer last heard from the leader it follows (see `lease.rs`).
+    leader_contact: Option<std::time::Instant>,
     /// Not ticking (see `peer/hibernate.rs`); cleared by any message or command.
     pub hibernating: bool,
     /// Quiet ticks counted toward hibernation (as leader).
@@ -266,7 +270,8 @@ impl PeerFsm {
             appended_since_heartbeat: Vec::new(),
             lease: lease::Lease::new(cfg.lease_duration()),
             store_started: cfg.started,
-            election_timeout: cfg.election_timeout(),
+            vote_refusal: cfg.vote_refusal_window(),
+            leader_contact: None,
         })
     }
 
@@ -371,18 +376,20 @@ impl PeerFsm {
                 return;
             }
         };
-        self.on_campaign_seen(raft_msg.get_msg_type());
-        if self.refuses_vote_after_start(&raft_msg) {
+        let (msg_type, from) = (raft_msg.get_msg_type(), raft_msg.from);
+        self.on_campaign_seen(msg_type);
+        if self.refuses_vote(&raft_msg) {
             tracing::debug!(
                 region = self.region_id(),
-                from = raft_msg.from,
-                "vote request dropped: this store started less than an election timeout ago"
+                from,
+                "vote request dropped: heard from the leader, or started, too recently"
             );
             return;
         }
         if let Err(err) = self.raw.step(raft_msg) {
             tracing::debug!(region = self.region_id(), %err, "raft step");
         }
+        self.note_leader_contact(msg_type, from);
     }
 
     pub fn report_unreachable(&mut self, to_peer_id: u64) {
@@ -965,6 +972,10 @@ impl PeerFsm {
         if leader && !self.was_leader {
             // Placement should hear from the new leader now.
             self.region_changed = true;
+            // Entries of earlier leaders (a split among them, perhaps) commit under this one:
+            // broadcast commits until they are applied, like a split proposed here.
+            self.bcast_commit_until = self.raw.raft.raft_log.last_index();
+            self.raw.skip_bcast_commit(false);
             tracing::info!(
                 region = self.region_id(),
                 term = self.raw.raft.term,
@@ -1114,8 +1125,11 @@ impl PeerFsm {
     }
 
     /// A plain heartbeat to a follower that was sent an append since the last heartbeat
-    /// round tells it nothing the append did not: the append reset its election timer and
-    /// carried the commit index, and its answer keeps the leader's quorum check satisfied.
+    /// round is left out: the append reset its election timer and its answer keeps the
+    /// leader's quorum check satisfied. The commit index it carried may be older than the
+    /// heartbeat's; such a follower learns the newest one from its next append or the next
+    /// heartbeat — up to two heartbeat intervals later (only its apply, hence stale reads
+    /// there and hibernation, waits; never a client's write).
     /// With many busy regions these heartbeats (and their responses) were about a third of
     /// all raft messages. Heartbeats confirming a ReadIndex (non-empty context) always go;
     /// once appends stop, heartbeats resume on the next round.

@@ -251,6 +251,9 @@ impl Poller {
         // split's log position.
         let init = crate::region::RAFT_INIT_LOG_INDEX;
         let raft_state = &mut persisted.raft_state;
+        // What the replaced peer heard from the new region's leader still binds its votes
+        // (leases of that leader count on it).
+        let leader_contact = replaced.as_ref().and_then(|old| old.leader_contact());
         if let Some(old) = replaced {
             let (term, vote) = (old.raw.raft.term, old.raw.raft.vote);
             if term > raft_state.term {
@@ -284,6 +287,7 @@ impl Poller {
                 return Ok(());
             }
         };
+        fsm.set_leader_contact(leader_contact);
         if campaign {
             // The parent's leader was here: the new region elects at once, not after an
             // election timeout.

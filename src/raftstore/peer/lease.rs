@@ -2,26 +2,34 @@
 //! applied state at once, without a ReadIndex round trip to its followers.
 //!
 //! Why it is safe. Every ReadIndex the quorum confirms proves that, at some moment after it
-//! was issued (`sent_at`), a quorum of voters heard from this leader in its term. Raft (with
-//! check-quorum) makes each of them refuse (pre-)votes for an election timeout after hearing
-//! from its leader — at least `election_ticks - 1` tick intervals of its own monotonic clock,
-//! ticking never faster than real time, longer if it sleeps (a hibernating peer does not
-//! tick). So no other leader can exist before `sent_at` + that time; the lease ends well
-//! before it: `sent_at + (election_ticks - 1) ticks × 0.8`. A read is served under the lease
-//! only when everything committed is applied here and the lease holds both before and after
-//! the engine read (a process paused mid-read — SIGSTOP, a long stall — finds its lease gone
-//! and falls back to ReadIndex; `Instant` keeps counting while a process is stopped).
+//! was issued (`sent_at`), a quorum of voters heard from this leader in its term. Each of them
+//! then grants no (pre-)vote, whatever its term, for the vote refusal window
+//! (`election_ticks - 1` tick intervals of wall time) after hearing from its leader
+//! (`refuses_vote`, enforced here: raft-rs's own check covers only higher-term votes, and a
+//! stale higher-term message of another kind makes a follower forget its leader and grant a
+//! vote at once). So no other leader can be elected before `sent_at` + the window; the lease
+//! ends before that: `sent_at` + 80% of the window. A read is served under the lease only when
+//! everything committed is applied here and the lease holds both before and after the engine
+//! read (a process paused mid-read — SIGSTOP, a long stall — finds its lease gone and falls
+//! back to ReadIndex; `Instant` keeps counting while a process is stopped).
 //!
-//! What breaks the argument, and how each is closed:
+//! What else could break the argument, and how each is closed:
 //! - a voter that restarts forgets it heard from the leader: a store refuses (pre-)votes for
-//!   an election timeout after it starts (`refuses_vote_after_start`);
+//!   the window after it starts, and a split's peer replacing an uninitialized one (created
+//!   by the new region's leader) keeps its predecessor's last leader contact;
 //! - a leadership transfer makes the transferee campaign at once, lease or not: a leader that
 //!   starts one takes no lease for the rest of its term;
 //! - a membership change makes another quorum: the lease ends with every change of the
 //!   region (and none is taken while one is pending).
 //!
+//! Assumptions: every store runs the same `--raft-tick-ms` and `--election-ticks`, and
+//! `Instant` (CLOCK_MONOTONIC) advances at the same rate everywhere. It does not advance while
+//! a whole machine or VM is suspended, so a suspended leader's lease outlives real time: where
+//! hosts may be suspended, run with `--lease-reads false`.
+//!
 //! Everything else about reads — batching, waiting for apply — stays on the ReadIndex path.
-//! `--lease-reads false` turns this off.
+//! `--lease-reads false` turns leases off; the vote refusals stay (other stores' leases may
+//! count on them).
 
 use std::time::{Duration, Instant};
 
@@ -128,17 +136,52 @@ impl PeerFsm {
         std::mem::take(&mut self.lease.renew) && self.lease.duration.is_some()
     }
 
-    /// A (pre-)vote request reaching a store that started less than an election timeout ago
-    /// is dropped: its peers may have heard from a leader just before the restart, and
-    /// granting a vote now could elect a second leader while the first one's lease runs.
-    /// Votes for a leadership transfer go through (the leader asked for them).
-    pub(super) fn refuses_vote_after_start(&self, message: &raft::eraftpb::Message) -> bool {
-        self.lease.duration.is_some()
-            && matches!(
-                message.get_msg_type(),
-                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-            )
-            && message.context != raft::CAMPAIGN_TRANSFER
-            && self.store_started.elapsed() < self.election_timeout
+    /// Notes that a message just stepped came from the leader this peer follows: the start of
+    /// a vote refusal window (see `refuses_vote`).
+    pub(super) fn note_leader_contact(&mut self, msg_type: MessageType, from: u64) {
+        let raft = &self.raw.raft;
+        if matches!(
+            msg_type,
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        ) && raft.leader_id == from
+            && raft.state != raft::StateRole::Leader
+        {
+            self.leader_contact = Some(Instant::now());
+        }
+    }
+
+    /// A (pre-)vote request is dropped, whatever its term, while
+    /// - this peer heard from its leader less than the vote refusal window ago (wall clock).
+    ///   raft-rs refuses such votes itself only for a higher term, and a higher-term message
+    ///   of another kind (a stale response) makes a follower forget its leader and then
+    ///   grant a same-term vote at once; or
+    /// - its store started less than the window ago: its peers may have heard from
+    ///   a leader just before the restart.
+    ///
+    /// Either way granting a vote could elect a second leader while the first one's lease
+    /// runs. Votes for a leadership transfer go through (the leader asked for them). Applies
+    /// whether this store uses leases or not: other stores' leases count on its refusals.
+    pub(super) fn refuses_vote(&self, message: &raft::eraftpb::Message) -> bool {
+        if !matches!(
+            message.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) || message.context == raft::CAMPAIGN_TRANSFER
+        {
+            return false;
+        }
+        self.store_started.elapsed() < self.vote_refusal
+            || self
+                .leader_contact
+                .is_some_and(|at| at.elapsed() < self.vote_refusal)
+    }
+
+    /// When this peer last heard from its leader (carried over when a split's peer replaces
+    /// an uninitialized one created here by the new region's leader).
+    pub fn leader_contact(&self) -> Option<Instant> {
+        self.leader_contact
+    }
+
+    pub fn set_leader_contact(&mut self, at: Option<Instant>) {
+        self.leader_contact = at;
     }
 }
