@@ -105,6 +105,11 @@ struct Args {
     /// Seed for key choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Threads of the load generator's async runtime (default: one per CPU). It shares the
+    /// machine with the servers it measures; fewer threads disturb them less, but one may
+    /// not keep up with many HTTP connections.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// Latencies are recorded in microseconds up to this bound.
@@ -263,9 +268,23 @@ fn summary(name: &str, histogram: &Histogram<u64>, secs: f64) -> serde_json::Val
     })
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let mut args = Args::parse();
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = builder.enable_all().build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(error) => {
+            eprintln!("kvbench: cannot start the async runtime: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mut args: Args) -> std::process::ExitCode {
     if args.endpoints.is_empty() {
         let Some(endpoints) = args.target.default_endpoints() else {
             eprintln!("kvbench: --target {} needs --endpoints", args.target.name());
