@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{run_serially, wait_until, Cluster, ClusterOptions, NodeClient, WAIT_TIMEOUT};
@@ -105,22 +106,24 @@ fn with_lease_reads_off_every_read_goes_through_read_index() {
     });
 }
 
-/// Reads `key` at `client` until `stop` says so; returns each answered read's value with
-/// the moment the read was sent.
+/// Every read the reader sent: when, and the value it answered (`None`: no answer).
+type Reads = Arc<Mutex<Vec<(Instant, Option<Option<Vec<u8>>>)>>>;
+
+/// Reads `key` at `client` until `stop` says so, recording each read in `reads`.
 async fn read_until(
     client: NodeClient,
     key: &str,
+    reads: Reads,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<(Instant, Option<Vec<u8>>)> {
-    let mut answered = Vec::new();
+) {
     while !*stop.borrow() {
         let sent = Instant::now();
-        if let Ok(value) = client.get(key).await {
-            answered.push((sent, value));
-        }
+        let answer = client.get(key).await.ok();
+        reads.lock().expect("reads").push((sent, answer));
+        // Pace the reads: each one is a request to a leader that may be about to lose its
+        // lease, not a wait for a condition.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    answered
 }
 
 #[test]
@@ -142,9 +145,11 @@ fn an_isolated_leader_stops_answering_reads_before_the_majority_takes_a_write() 
             );
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let reads = Reads::default();
         let reader = tokio::spawn(read_until(
             cluster.client_with_timeout(old_leader, Duration::from_millis(500)),
             "k",
+            reads.clone(),
             stop_rx,
         ));
         cluster.isolate(old_leader);
@@ -174,10 +179,29 @@ fn an_isolated_leader_stops_answering_reads_before_the_majority_takes_a_write() 
         })
         .await;
         let acked_at = acked_at.expect("acknowledged");
-        // Keep reading at the isolated leader a while after the new value was acknowledged.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Keep reading at the isolated leader until several reads were sent after the new
+        // value was acknowledged.
+        let sent_after = || {
+            let reads = reads.lock().expect("reads");
+            reads.iter().filter(|(sent, _)| *sent > acked_at).count()
+        };
+        wait_until(
+            "5 reads sent to the isolated leader after the acknowledgement",
+            WAIT_TIMEOUT,
+            async || match sent_after() {
+                n if n >= 5 => Ok(()),
+                n => Err(format!("{n} so far")),
+            },
+        )
+        .await;
         let _ = stop_tx.send(true);
-        let answered = reader.await.expect("reader task");
+        reader.await.expect("reader task");
+        let answered: Vec<(Instant, Option<Vec<u8>>)> = reads
+            .lock()
+            .expect("reads")
+            .iter()
+            .filter_map(|(sent, answer)| Some((*sent, answer.clone()?)))
+            .collect();
 
         let stale: Vec<_> = answered
             .iter()
