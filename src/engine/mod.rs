@@ -63,8 +63,10 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 pub type UserPairsPage = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
 
 /// The on-disk format this build reads and writes: 1 = values carry a flag byte and an
-/// optional expiry (`crate::value`).
-pub const FORMAT_VERSION: u32 = 1;
+/// optional expiry (`crate::value`); 2 = the raft log may hold batched write entries
+/// (`RaftCmd.batch`), which a format-1 build would apply as empty commands. A format-1 dir is
+/// read as is and restamped 2 (so older builds refuse it from then on).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What a scan page returns: see `Engine::scan_user_pairs`.
 #[derive(Clone, Copy, Debug)]
@@ -136,8 +138,16 @@ impl Engine {
     /// taken for expired and deleted, or crash every replica at apply); stamps a new one.
     fn check_format_version(&self, path: &Path) -> Result<()> {
         let meta = self.cf(CF_META)?;
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
         match self.db.get_cf(&meta, keys::FORMAT_VERSION_KEY)? {
             Some(stored) if stored.as_slice() == FORMAT_VERSION.to_be_bytes() => Ok(()),
+            Some(stored) if stored.as_slice() == 1u32.to_be_bytes() => {
+                self.db
+                    .put_cf_opt(&meta, keys::FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes(), &options)?;
+                tracing::info!(dir = %path.display(), "on-disk format 1 upgraded to {FORMAT_VERSION}");
+                Ok(())
+            }
             Some(stored) => Err(EngineError::IncompatibleFormat(format!(
                 "data dir {} has on-disk format {stored:?}; this build reads format {FORMAT_VERSION}",
                 path.display()
@@ -150,13 +160,11 @@ impl Engine {
                     .is_none();
                 if !empty {
                     return Err(EngineError::IncompatibleFormat(format!(
-                        "data dir {} was written by a ringkv build before on-disk format {FORMAT_VERSION} \
+                        "data dir {} was written by a ringkv build before on-disk format 1 \
                          (values gained a TTL header); recreate it (no release used the old format)",
                         path.display()
                     )));
                 }
-                let mut options = WriteOptions::default();
-                options.set_sync(true);
                 self.db
                     .put_cf_opt(&meta, keys::FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes(), &options)?;
                 Ok(())
@@ -488,7 +496,17 @@ mod tests {
         let meta = engine.cf(CF_META)?;
         engine
             .db
-            .put_cf(&meta, keys::FORMAT_VERSION_KEY, 2u32.to_be_bytes())?;
+            .put_cf(&meta, keys::FORMAT_VERSION_KEY, 1u32.to_be_bytes())?;
+        drop(meta);
+        drop(engine);
+        // Format 1 is readable: upgraded in place.
+        let engine = Engine::open(dir.path())?;
+        let meta = engine.cf(CF_META)?;
+        let stamped = engine.db.get_cf(&meta, keys::FORMAT_VERSION_KEY)?;
+        assert_eq!(stamped, Some(FORMAT_VERSION.to_be_bytes().to_vec()));
+        engine
+            .db
+            .put_cf(&meta, keys::FORMAT_VERSION_KEY, 3u32.to_be_bytes())?;
         drop(meta);
         drop(engine);
         assert!(matches!(

@@ -26,7 +26,8 @@ use crate::keys;
 use crate::proto::kvpb::KvResponse;
 use crate::proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use crate::proto::raft_serverpb::{
-    admin_cmd, AdminCmd, ChangePeerContext, Condition, RaftCmd, RaftMessage, SplitCmd, WriteOp,
+    admin_cmd, AdminCmd, BatchedWrite, ChangePeerContext, Condition, RaftCmd, RaftMessage,
+    SplitCmd, WriteOp,
 };
 use crate::region::{find_peer, find_peer_on_store, region_contains};
 use crate::value::now_ms;
@@ -47,8 +48,18 @@ struct PendingWrite {
     index: u64,
     term: u64,
     request_id: u64,
+    /// Position among the writes of its entry (0 unless batched).
+    slot: usize,
     reply: Reply,
 }
+
+/// Bounds on one batched write entry: a batch is proposed early when the next write would
+/// take it past either.
+const MAX_BATCH_WRITES: usize = 512;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// What applying one entry answers: each of its writes' request id and response.
+type EntryResponses = Vec<(u64, KvResponse)>;
 
 struct PendingRead {
     read: ReadOp,
@@ -131,6 +142,11 @@ pub struct PeerFsm {
     disk_low: std::sync::Arc<std::sync::atomic::AtomicBool>,
     low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
     pending_writes: VecDeque<PendingWrite>,
+    /// Writes received this round, proposed together as one entry when the round collects
+    /// readies (`flush_proposals`): one log entry, one engine key and one decode per batch on
+    /// every replica, instead of per write.
+    write_batch: Vec<(BatchedWrite, Reply)>,
+    write_batch_bytes: usize,
     /// Reads received this round, not yet given to raft.
     new_reads: Vec<PendingRead>,
     read_batches: VecDeque<ReadBatch>,
@@ -257,6 +273,8 @@ impl PeerFsm {
             disk_low: cfg.disk_low.clone(),
             low_disk_stores: cfg.low_disk_stores.clone(),
             pending_writes: VecDeque::new(),
+            write_batch: Vec::new(),
+            write_batch_bytes: 0,
             new_reads: Vec::new(),
             read_batches: VecDeque::new(),
             next_read_batch_id: 1,
@@ -345,6 +363,10 @@ impl PeerFsm {
         for read in self.new_reads.drain(..) {
             let _ = read.reply.send(gone.clone());
         }
+        // Never proposed: safe to retry wherever the region is now.
+        for (_, reply) in self.write_batch.drain(..) {
+            let _ = reply.send(gone.clone());
+        }
         self.raw.store().destroy(self.peer.id, delete_data, batch)
     }
 
@@ -422,10 +444,13 @@ impl PeerFsm {
                 peer,
                 reply,
             } => {
+                // Writes received before an admin command are proposed before it.
+                self.flush_proposals();
                 let response = self.propose_change_peer(epoch, change, peer);
                 let _ = reply.send(response);
             }
             Command::TransferLeader { epoch, peer, reply } => {
+                self.flush_proposals();
                 let response = self.transfer_leader(epoch, peer);
                 let _ = reply.send(response);
             }
@@ -436,6 +461,7 @@ impl PeerFsm {
                 new_peer_ids,
                 reply,
             } => {
+                self.flush_proposals();
                 let response = self.propose_split(epoch, split_hash, new_region_id, new_peer_ids);
                 let _ = reply.send(response);
             }
@@ -761,7 +787,7 @@ impl PeerFsm {
             let _ = reply.send(err);
             return;
         }
-        if self.pending_writes.len() >= MAX_PENDING_WRITES {
+        if self.pending_writes.len() + self.write_batch.len() >= MAX_PENDING_WRITES {
             let _ = reply.send(msg::server_is_busy("too many writes in flight", 50));
             return;
         }
@@ -772,21 +798,70 @@ impl PeerFsm {
         for op in &ops {
             self.sample_access(&op.key);
         }
-        let cmd = RaftCmd {
+        let write = BatchedWrite {
             request_id,
-            region_id: self.region_id(),
-            epoch: self.region().epoch,
             ops,
             conditions,
-            admin: None,
-            now_ms: now_ms(),
         };
+        let bytes = write.encoded_len();
+        if !self.write_batch.is_empty() && self.write_batch_bytes + bytes > MAX_BATCH_BYTES {
+            self.flush_proposals();
+        }
+        self.write_batch.push((write, reply));
+        self.write_batch_bytes += bytes;
+        if self.write_batch.len() >= MAX_BATCH_WRITES {
+            self.flush_proposals();
+        }
+    }
+
+    /// Proposes the writes received this round as one log entry (a lone write keeps the
+    /// plain single-command form). Each write is answered when its slot of the entry applies.
+    pub fn flush_proposals(&mut self) {
+        if self.write_batch.is_empty() {
+            return;
+        }
+        let writes = std::mem::take(&mut self.write_batch);
+        self.write_batch_bytes = 0;
+        if !self.is_leader() {
+            // Stepped down this round, before proposing: nothing reached the log.
+            let response = self.not_leader();
+            for (_, reply) in writes {
+                let _ = reply.send(response.clone());
+            }
+            return;
+        }
+        let count = writes.len();
+        let mut cmd = RaftCmd {
+            region_id: self.region_id(),
+            epoch: self.region().epoch,
+            now_ms: now_ms(),
+            ..Default::default()
+        };
+        let mut waiting = Vec::with_capacity(count);
+        if count == 1 {
+            for (write, reply) in writes {
+                cmd.request_id = write.request_id;
+                cmd.ops = write.ops;
+                cmd.conditions = write.conditions;
+                waiting.push((cmd.request_id, reply));
+            }
+        } else {
+            cmd.batch.reserve(count);
+            for (write, reply) in writes {
+                waiting.push((write.request_id, reply));
+                cmd.batch.push(write);
+            }
+        }
         if let Err(err) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
             tracing::debug!(region = self.region_id(), %err, "proposal dropped");
-            let _ = reply.send(msg::server_is_busy(&format!("proposal dropped: {err}"), 50));
+            let busy = msg::server_is_busy(&format!("proposal dropped: {err}"), 50);
+            for (_, reply) in waiting {
+                let _ = reply.send(busy.clone());
+            }
             return;
         }
         metrics::counter!("ringkv_raft_proposals_total", "kind" => "write").increment(1);
+        metrics::histogram!("ringkv_raft_proposal_writes").record(count as f64);
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
         // Writes proposed at this index or later in an earlier term were cut from THIS log by
@@ -802,12 +877,15 @@ impl PeerFsm {
                 )));
             }
         }
-        self.pending_writes.push_back(PendingWrite {
-            index,
-            term,
-            request_id,
-            reply,
-        });
+        for (slot, (request_id, reply)) in waiting.into_iter().enumerate() {
+            self.pending_writes.push_back(PendingWrite {
+                index,
+                term,
+                request_id,
+                slot,
+                reply,
+            });
+        }
     }
 
     fn queue_read(&mut self, read: ReadOp, reply: Reply) {
@@ -1209,14 +1287,14 @@ impl PeerFsm {
             if entry.index <= self.raw.store().applied_index() {
                 continue; // already applied (e.g. covered by a snapshot)
             }
-            let response = match entry.get_entry_type() {
+            let responses = match entry.get_entry_type() {
                 EntryType::EntryNormal => self.apply_normal(entry, batch, &mut staged)?,
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(entry, batch)?;
-                    msg::done()
+                    Vec::new()
                 }
             };
-            self.finish_write(entry, response, replies);
+            self.finish_write(entry, responses, replies);
         }
         if last_index > self.raw.store().applied_index() {
             self.raw
@@ -1231,37 +1309,64 @@ impl PeerFsm {
         entry: &Entry,
         batch: &mut WriteBatch,
         staged: &mut Staged,
-    ) -> EngineResult<KvResponse> {
+    ) -> EngineResult<EntryResponses> {
         if entry.data.is_empty() {
-            return Ok(msg::done()); // a new leader's no-op
+            return Ok(Vec::new()); // a new leader's no-op
         }
-        let cmd = match RaftCmd::decode(entry.get_data()) {
+        let mut cmd = match RaftCmd::decode(entry.get_data()) {
             Ok(cmd) => cmd,
             Err(err) => {
                 // Every replica decodes the same bytes, so every replica skips it alike.
                 tracing::error!(region = self.region_id(), index = entry.index, %err, "undecodable command skipped");
-                return Ok(msg::other_error(format!("undecodable command: {err}")));
+                return Ok(Vec::new());
             }
         };
         if let Some(admin) = cmd.admin {
-            return self.apply_admin(entry, cmd.epoch.unwrap_or_default(), admin, batch);
+            let response = self.apply_admin(entry, cmd.epoch.unwrap_or_default(), admin, batch)?;
+            return Ok(vec![(cmd.request_id, response)]);
         }
+        let writes = if cmd.batch.is_empty() {
+            vec![BatchedWrite {
+                request_id: cmd.request_id,
+                ops: std::mem::take(&mut cmd.ops),
+                conditions: std::mem::take(&mut cmd.conditions),
+            }]
+        } else {
+            std::mem::take(&mut cmd.batch)
+        };
         if let Some(err) = self.check_epoch(cmd.epoch.as_ref()) {
-            return Ok(err);
+            return Ok(writes.iter().map(|w| (w.request_id, err.clone())).collect());
         }
-        let region = self.region().clone();
-        let keys = cmd.ops.iter().map(|op| &op.key);
+        let mut responses = Vec::with_capacity(writes.len());
+        for write in writes {
+            let response = self.apply_write(&write, cmd.now_ms, batch, staged)?;
+            responses.push((write.request_id, response));
+        }
+        Ok(responses)
+    }
+
+    /// Applies one client write of a committed entry, under the entry's epoch (checked) and
+    /// clock `now_ms`.
+    fn apply_write(
+        &mut self,
+        write: &BatchedWrite,
+        now_ms: u64,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+    ) -> EngineResult<KvResponse> {
+        let region = self.region();
+        let keys = write.ops.iter().map(|op| &op.key);
         if keys
-            .chain(cmd.conditions.iter().map(|c| &c.key))
-            .any(|key| !region_contains(&region, keys::key_hash(key)))
+            .chain(write.conditions.iter().map(|c| &c.key))
+            .any(|key| !region_contains(region, keys::key_hash(key)))
         {
             return Ok(msg::epoch_not_match(
                 format!("key is not in region {}", region.id),
-                region,
+                region.clone(),
             ));
         }
-        for condition in &cmd.conditions {
-            let current = staged.get(&self.engine, &condition.key, cmd.now_ms)?;
+        for condition in &write.conditions {
+            let current = staged.get(&self.engine, &condition.key, now_ms)?;
             let holds = match &current {
                 None => condition.absent,
                 Some(value) => !condition.absent && *value == condition.value,
@@ -1270,12 +1375,12 @@ impl PeerFsm {
                 return Ok(msg::cas_result(false, current));
             }
         }
-        for op in &cmd.ops {
+        for op in &write.ops {
             let key = keys::data_key(&op.key);
             if op.only_if_expired {
                 // The background reclaim: keep a value written since the key was found expired.
                 let stored = staged.get_stored(&self.engine, &op.key)?;
-                if !stored.is_some_and(|(_, expire_at_ms)| expired(expire_at_ms, cmd.now_ms)) {
+                if !stored.is_some_and(|(_, expire_at_ms)| expired(expire_at_ms, now_ms)) {
                     continue;
                 }
                 metrics::counter!("ringkv_expired_keys_deleted_total").increment(1);
@@ -1291,7 +1396,7 @@ impl PeerFsm {
                 staged.record(&op.key, Some((op.value.clone(), op.expire_at_ms)));
             }
         }
-        if cmd.conditions.is_empty() {
+        if write.conditions.is_empty() {
             Ok(msg::done())
         } else {
             Ok(msg::cas_result(true, None))
@@ -1483,10 +1588,10 @@ impl PeerFsm {
         }
     }
 
-    /// Answers the pending write proposed at `entry`'s position, and any older pending write
+    /// Answers the pending writes proposed at `entry`'s position, and any older pending write
     /// this peer passed without applying its entry itself.
     ///
-    /// * same index, same term: the write's own entry — its response;
+    /// * same index, same term: the write's own entry — the response of its slot;
     /// * same index, other term: another leader's entry replaced it — it will never apply
     ///   (NotLeader, retryable);
     /// * an older index: its entry was applied without passing through here (covered by a
@@ -1495,7 +1600,7 @@ impl PeerFsm {
     fn finish_write(
         &mut self,
         entry: &Entry,
-        response: KvResponse,
+        mut responses: EntryResponses,
         replies: &mut Vec<(Reply, KvResponse)>,
     ) {
         while self
@@ -1519,20 +1624,18 @@ impl PeerFsm {
             if pending.term != entry.term {
                 let stale = msg::not_leader(self.region_id(), self.leader_peer());
                 replies.push((pending.reply, stale));
-                return;
+                continue;
             }
-            let same_request =
-                RaftCmd::decode(entry.get_data()).is_ok_and(|c| c.request_id == pending.request_id);
-            let answer = if same_request {
-                response
-            } else {
-                msg::timeout(format!(
+            let answer = match responses.get_mut(pending.slot) {
+                Some((request_id, response)) if *request_id == pending.request_id => {
+                    std::mem::replace(response, msg::done())
+                }
+                _ => msg::timeout(format!(
                     "region {}: unexpected entry at the write's position (outcome unknown)",
                     self.region_id()
-                ))
+                )),
             };
             replies.push((pending.reply, answer));
-            return;
         }
     }
 
@@ -1701,5 +1804,192 @@ mod tests {
             peers_from_conf_state(&conf(&[2, 9], &[], &[], &[]), &now, &[]),
             vec![peer(2, 20, PeerRole::Voter)]
         );
+    }
+}
+
+#[cfg(test)]
+mod batching_tests {
+    use super::*;
+    use crate::engine::PersistedRegion;
+    use tokio::sync::oneshot;
+
+    /// One single-voter peer, driven round by round like the poller does.
+    struct Solo {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        peer: PeerFsm,
+    }
+
+    impl Solo {
+        fn new() -> Solo {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let engine = Engine::open(&dir.path().join("db")).expect("engine");
+            let region = crate::region::static_bootstrap_regions(1, &[1]).remove(0);
+            let persisted = PersistedRegion::bootstrap(region);
+            let mut batch = engine.batch();
+            persisted.write_to(&engine, &mut batch).expect("stage");
+            engine.write(batch, true).expect("bootstrap");
+            let cfg = StoreConfig::new(1, dir.path().join("snap"));
+            let storage = PeerStorage::new(engine.clone(), 1, cfg.snap_dir.clone(), persisted);
+            let mut peer = PeerFsm::new(storage, engine.clone(), &cfg).expect("peer");
+            peer.raw.campaign().expect("campaign");
+            let mut solo = Solo {
+                _dir: dir,
+                engine,
+                peer,
+            };
+            solo.rounds();
+            assert!(solo.peer.is_leader());
+            solo
+        }
+
+        /// Rounds until raft has nothing left to do; sends every reply.
+        fn rounds(&mut self) {
+            for _ in 0..16 {
+                self.peer.flush_proposals();
+                if !self.peer.raw.has_ready() {
+                    return;
+                }
+                let (mut raft_batch, mut apply_batch, mut gc_batch) = (
+                    self.engine.batch(),
+                    self.engine.batch(),
+                    self.engine.batch(),
+                );
+                let (mut outbox, mut replies) = (Vec::new(), Vec::new());
+                let mut ready = self.peer.raw.ready();
+                let snapshot = self
+                    .peer
+                    .handle_ready_persist(&mut ready, &mut raft_batch, &mut outbox)
+                    .expect("persist");
+                self.engine.write(raft_batch, true).expect("log write");
+                self.peer
+                    .handle_ready_apply(
+                        ready,
+                        snapshot,
+                        &mut outbox,
+                        &mut apply_batch,
+                        &mut replies,
+                    )
+                    .expect("apply");
+                self.engine.write(apply_batch, false).expect("apply write");
+                self.peer.after_apply(&mut gc_batch).expect("gc");
+                self.engine.write(gc_batch, false).expect("gc write");
+                for (reply, response) in replies {
+                    let _ = reply.send(response);
+                }
+            }
+            panic!("raft kept producing readies");
+        }
+
+        fn write(
+            &mut self,
+            request_id: u64,
+            ops: Vec<WriteOp>,
+            conditions: Vec<Condition>,
+        ) -> oneshot::Receiver<KvResponse> {
+            let (reply, answer) = oneshot::channel();
+            self.peer.handle_command(Command::Write {
+                request_id,
+                epoch: None,
+                ops,
+                conditions,
+                reply,
+            });
+            answer
+        }
+    }
+
+    fn put(key: &str, value: &str) -> WriteOp {
+        WriteOp {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            ..Default::default()
+        }
+    }
+
+    fn holds(key: &str, value: Option<&str>) -> Condition {
+        Condition {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            absent: value.is_none(),
+            value: Bytes::copy_from_slice(value.unwrap_or_default().as_bytes()),
+        }
+    }
+
+    fn answer(mut rx: oneshot::Receiver<KvResponse>) -> KvResponse {
+        rx.try_recv().expect("answered")
+    }
+
+    #[test]
+    fn writes_of_one_round_share_one_entry_and_each_gets_its_own_answer() {
+        let mut solo = Solo::new();
+        let before = solo.peer.raw.raft.raft_log.last_index();
+        let answers = vec![
+            solo.write(11, vec![put("a", "1")], vec![]),
+            // Compares against the value the write before it in the same entry staged.
+            solo.write(12, vec![put("a", "2")], vec![holds("a", Some("1"))]),
+            solo.write(13, vec![put("a", "3")], vec![holds("a", Some("1"))]),
+            solo.write(14, vec![put("b", "x")], vec![]),
+            solo.write(15, vec![put("c", "y")], vec![holds("c", None)]),
+        ];
+        // Nothing is proposed until the round collects readies.
+        assert_eq!(solo.peer.raw.raft.raft_log.last_index(), before);
+        assert_eq!(solo.peer.write_batch.len(), 5);
+        solo.rounds();
+        assert_eq!(
+            solo.peer.raw.raft.raft_log.last_index(),
+            before + 1,
+            "five writes, one entry"
+        );
+        let got: Vec<KvResponse> = answers.into_iter().map(answer).collect();
+        assert_eq!(
+            got,
+            vec![
+                msg::done(),
+                msg::cas_result(true, None),
+                msg::cas_result(false, Some(Bytes::from_static(b"2"))),
+                msg::done(),
+                msg::cas_result(true, None),
+            ]
+        );
+        let stored = |key: &str| {
+            solo.engine
+                .get(CF_DEFAULT, &keys::data_key(key.as_bytes()))
+                .expect("engine read")
+                .map(|raw| crate::value::decode(&raw).expect("value").value.to_vec())
+        };
+        assert_eq!(stored("a"), Some(b"2".to_vec()));
+        assert_eq!(stored("b"), Some(b"x".to_vec()));
+        assert_eq!(stored("c"), Some(b"y".to_vec()));
+        assert!(solo.peer.pending_writes.is_empty());
+
+        // A lone write keeps the plain single-command entry.
+        let lone = solo.write(16, vec![put("d", "z")], vec![]);
+        solo.rounds();
+        assert_eq!(answer(lone), msg::done());
+        let entry = solo
+            .peer
+            .raw
+            .raft
+            .raft_log
+            .entries(before + 2, u64::MAX, raft::GetEntriesContext::empty(false))
+            .expect("log")
+            .remove(0);
+        let cmd = RaftCmd::decode(entry.get_data()).expect("command");
+        assert!(cmd.batch.is_empty());
+        assert_eq!(cmd.request_id, 16);
+    }
+
+    #[test]
+    fn a_batch_cut_short_by_losing_leadership_is_answered_retryable() {
+        let mut solo = Solo::new();
+        let before = solo.peer.raw.raft.raft_log.last_index();
+        let waiting = solo.write(21, vec![put("a", "1")], vec![]);
+        solo.peer
+            .raw
+            .raft
+            .become_follower(solo.peer.raw.raft.term + 1, raft::INVALID_ID);
+        solo.peer.flush_proposals();
+        assert_eq!(answer(waiting), msg::not_leader(1, None));
+        assert_eq!(solo.peer.raw.raft.raft_log.last_index(), before);
     }
 }

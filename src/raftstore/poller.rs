@@ -544,6 +544,7 @@ impl Poller {
             let Some(peer) = self.peers.get_mut(region_id) else {
                 continue;
             };
+            peer.flush_proposals();
             peer.flush_reads();
             if peer.pending_peers_changed() {
                 // E.g. a learner caught up: placement may promote it now.

@@ -28,8 +28,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
 /// ALPN protocol id of the store-to-store protocol; bump the suffix on incompatible changes so
-/// mismatched binaries fail the handshake instead of misreading frames.
-pub const ALPN_PROTOCOL: &[u8] = b"ringkv-raft/1";
+/// mismatched binaries fail the handshake instead of misreading frames (2: batched write
+/// entries, which a /1 build would apply as empty commands).
+pub const ALPN_PROTOCOL: &[u8] = b"ringkv-raft/2";
 
 /// The TLS server name every node certificate carries and every connection asks for.
 pub const SERVER_NAME: &str = "ringkv-node";

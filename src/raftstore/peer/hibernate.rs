@@ -98,6 +98,7 @@ impl PeerFsm {
         if !self.is_leader()
             || !self.pending_writes.is_empty()
             || !self.new_reads.is_empty()
+            || !self.write_batch.is_empty()
             || !self.read_batches.is_empty()
             || !self.committed.is_empty()
             || self.in_joint_state()
