@@ -8,7 +8,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{run_serially, wait_until, Cluster, ClusterOptions, NodeClient, WAIT_TIMEOUT};
+use common::{
+    run_serially, wait_until, Cluster, ClusterOptions, NodeClient, ELECTION_TICKS, RAFT_TICK_MS,
+    WAIT_TIMEOUT,
+};
 use reqwest::Method;
 
 /// The sum of a counter's samples in node `node`'s `/metrics` (0 if absent).
@@ -223,5 +226,71 @@ fn an_isolated_leader_stops_answering_reads_before_the_majority_takes_a_write() 
             acked_at - cut_at
         );
         cluster.heal();
+    });
+}
+
+/// The lease of region 1's leader on `node` as its status reports it, after a read there (which
+/// takes or renews the lease).
+async fn lease_after_read(cluster: &Cluster, node: usize) -> Result<u64, String> {
+    cluster
+        .get(node, "lease")
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let region = cluster.region(node, 1).await?;
+    if !region.is_leader {
+        return Err(format!("node {node} is no longer the leader"));
+    }
+    Ok(region.lease_ms)
+}
+
+#[test]
+fn a_lease_fits_the_smallest_vote_refusal_window_among_the_regions_stores() {
+    run_serially(async {
+        // Node 3 ticks twice as fast, so it grants votes again after half the others' window.
+        // It starts after nodes 1 and 2 have elected a leader, which stays one of them.
+        let mut opts = ClusterOptions {
+            initial_nodes: Some(2),
+            ..Default::default()
+        };
+        opts.node_flags.insert(
+            3,
+            vec![("--raft-tick-ms".to_owned(), (RAFT_TICK_MS / 2).to_string())],
+        );
+        let cluster = Cluster::start(3, opts).await;
+        cluster.wait_leaders_among(&[1, 2]).await;
+        let leader = cluster.wait_for_leader(1).await;
+        assert_ne!(leader, 3);
+        cluster.must_put(leader, "lease", b"1").await;
+        let own_ms = (ELECTION_TICKS - 1) * RAFT_TICK_MS * 4 / 5;
+        let fast_ms = (ELECTION_TICKS - 1) * (RAFT_TICK_MS / 2) * 4 / 5;
+        wait_until(
+            "a lease by the leader's own window",
+            WAIT_TIMEOUT,
+            async || match lease_after_read(&cluster, leader).await? {
+                ms if ms == own_ms => Ok(()),
+                ms => Err(format!("lease {ms} ms, expected {own_ms}")),
+            },
+        )
+        .await;
+
+        cluster.start_node(3);
+        wait_until(
+            "the lease cut to node 3's window",
+            WAIT_TIMEOUT,
+            async || match lease_after_read(&cluster, leader).await? {
+                ms if ms == fast_ms => Ok(()),
+                ms => Err(format!("lease {ms} ms, expected {fast_ms}")),
+            },
+        )
+        .await;
+        // Reads stay correct and keep being answered under the shorter lease.
+        cluster.must_put(3, "lease", b"2").await;
+        assert_eq!(
+            cluster.must_get(leader, "lease").await.as_deref(),
+            Some(&b"2"[..])
+        );
+        assert!(cluster
+            .log(leader)
+            .contains("a store runs other raft timing"));
     });
 }

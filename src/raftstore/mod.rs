@@ -63,6 +63,9 @@ pub struct StoreConfig {
     /// (kept by the router): leaders refuse writes to regions with a replica there, also
     /// while no raft message of the region flows (hibernation).
     pub low_disk_stores: Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
+    /// Other stores' vote refusal windows (ms), as their latest message said (kept by the
+    /// router): a leader's lease stays within the smallest of its region's stores.
+    pub vote_windows: Arc<parking_lot::RwLock<std::collections::HashMap<u64, u64>>>,
     /// Idle regions stop ticking (see `hibernate` in peer.rs): an idle store costs almost
     /// nothing however many regions it holds.
     pub hibernate_regions: bool,
@@ -118,6 +121,7 @@ impl StoreConfig {
             snap_dir,
             disk_low: Arc::default(),
             low_disk_stores: Arc::default(),
+            vote_windows: Arc::default(),
             hibernate_regions: true,
             lease_reads: true,
             started: std::time::Instant::now(),
@@ -168,7 +172,12 @@ impl RaftStore {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..pollers)
             .map(|_| crossbeam_channel::bounded(cfg.mailbox_capacity))
             .unzip();
-        let router = Arc::new(Router::new(senders, cfg.low_disk_stores.clone()));
+        let router = Arc::new(Router::new(
+            senders,
+            cfg.low_disk_stores.clone(),
+            cfg.vote_windows.clone(),
+            cfg.vote_refusal_window(),
+        ));
         let mut peers_by_poller: Vec<HashMap<u64, peer::PeerFsm>> =
             (0..pollers).map(|_| HashMap::new()).collect();
         for region in persisted {

@@ -175,6 +175,8 @@ pub struct RegionStatus {
     pub pending_reads: usize,
     /// Not ticking: idle, its leader and followers quiet (see `peer/hibernate.rs`).
     pub hibernating: bool,
+    /// The length of the read lease this leader holds now (0: none; see `peer/lease.rs`).
+    pub lease_ms: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

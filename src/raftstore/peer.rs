@@ -169,6 +169,9 @@ pub struct PeerFsm {
     /// from its leader (see `lease.rs`).
     store_started: std::time::Instant,
     vote_refusal: std::time::Duration,
+    /// Other stores' vote refusal windows (ms), kept by the router: the lease fits the
+    /// smallest of this region's stores.
+    vote_windows: std::sync::Arc<parking_lot::RwLock<HashMap<u64, u64>>>,
     /// When this peer last heard from the leader it follows (see `lease.rs`).
     leader_contact: Option<std::time::Instant>,
     /// Not ticking (see `peer/hibernate.rs`); cleared by any message or command.
@@ -289,6 +292,7 @@ impl PeerFsm {
             lease: lease::Lease::new(cfg.lease_duration()),
             store_started: cfg.started,
             vote_refusal: cfg.vote_refusal_window(),
+            vote_windows: cfg.vote_windows.clone(),
             leader_contact: None,
         })
     }
@@ -340,6 +344,7 @@ impl PeerFsm {
             is_tombstone: true,
             hibernate: false,
             disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
+            vote_refusal_ms: self.vote_refusal.as_millis() as u64,
         })
     }
 
@@ -1266,6 +1271,7 @@ impl PeerFsm {
                 is_tombstone: false,
                 hibernate: false,
                 disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
+                vote_refusal_ms: self.vote_refusal.as_millis() as u64,
             });
         }
     }
@@ -1674,6 +1680,7 @@ impl PeerFsm {
                 .collect(),
             pending_writes: self.pending_writes.len(),
             hibernating: self.hibernating,
+            lease_ms: self.lease_ms(),
             pending_reads: self
                 .read_batches
                 .iter()

@@ -171,7 +171,7 @@ impl Poller {
         if self.ticks % self.cfg.store_heartbeat_ticks() as u64 == 0 {
             for &store_id in &self.known_stores {
                 let disk_low = self.cfg.disk_low.load(std::sync::atomic::Ordering::Relaxed);
-                outbox.push(store_heartbeat(self.cfg.store_id, store_id, disk_low));
+                outbox.push(store_heartbeat(&self.cfg, store_id, disk_low));
             }
         }
         for message in outbox {
@@ -418,6 +418,7 @@ impl Poller {
                         is_tombstone: true,
                         hibernate: false,
                         disk_low: self.cfg.disk_low.load(std::sync::atomic::Ordering::Relaxed),
+                        vote_refusal_ms: self.cfg.vote_refusal_window().as_millis() as u64,
                     });
                     return Ok(());
                 }
@@ -668,14 +669,15 @@ fn may_create_peer(message: &RaftMessage) -> bool {
     }
 }
 
-/// A store heartbeat (region 0): tells `to_store` that `from_store` is alive, and whether it
-/// is low on disk.
-fn store_heartbeat(from_store: u64, to_store: u64, disk_low: bool) -> RaftMessage {
+/// A store heartbeat (region 0): tells `to_store` that this store is alive, whether it is low
+/// on disk, and its vote refusal window.
+fn store_heartbeat(cfg: &StoreConfig, to_store: u64, disk_low: bool) -> RaftMessage {
     use crate::proto::metapb::Peer;
     RaftMessage {
         region_id: 0,
+        vote_refusal_ms: cfg.vote_refusal_window().as_millis() as u64,
         from_peer: Some(Peer {
-            store_id: from_store,
+            store_id: cfg.store_id,
             ..Default::default()
         }),
         to_peer: Some(Peer {

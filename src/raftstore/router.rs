@@ -51,6 +51,10 @@ pub struct Router {
     store_heard: parking_lot::Mutex<HashMap<u64, std::time::Instant>>,
     /// Remote stores whose latest message said their disk is low (shared with peers).
     low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
+    /// Remote stores' vote refusal windows in ms, as their latest message said (shared with
+    /// peers, see `peer/lease.rs`), and this store's own.
+    vote_windows: std::sync::Arc<parking_lot::RwLock<HashMap<u64, u64>>>,
+    own_vote_window_ms: u64,
 }
 
 #[derive(Default)]
@@ -70,6 +74,8 @@ impl Router {
     pub fn new(
         mailboxes: Vec<Sender<PollerMsg>>,
         low_disk_stores: std::sync::Arc<parking_lot::RwLock<std::collections::HashSet<u64>>>,
+        vote_windows: std::sync::Arc<parking_lot::RwLock<HashMap<u64, u64>>>,
+        own_vote_window: std::time::Duration,
     ) -> Router {
         assert!(!mailboxes.is_empty(), "a store needs at least one poller");
         Router {
@@ -79,6 +85,8 @@ impl Router {
             snapshot_ranges: parking_lot::Mutex::new(Vec::new()),
             store_heard: parking_lot::Mutex::new(HashMap::new()),
             low_disk_stores,
+            vote_windows,
+            own_vote_window_ms: own_vote_window.as_millis() as u64,
         }
     }
 
@@ -249,6 +257,9 @@ impl Router {
                     low.remove(&from.store_id);
                 }
             }
+            if msg.vote_refusal_ms != 0 {
+                self.note_vote_window(from.store_id, msg.vote_refusal_ms);
+            }
         }
         if region_id == 0 {
             // A store heartbeat: the sender's store is alive.
@@ -270,6 +281,37 @@ impl Router {
 }
 
 impl Router {
+    /// Records the vote refusal window a store's message carried (its `--raft-tick-ms` and
+    /// `--election-ticks`); leases here shrink to fit a smaller one.
+    fn note_vote_window(&self, store_id: u64, window_ms: u64) {
+        if self.vote_windows.read().get(&store_id) == Some(&window_ms) {
+            return;
+        }
+        let previous = self.vote_windows.write().insert(store_id, window_ms);
+        if window_ms != self.own_vote_window_ms {
+            tracing::warn!(
+                store = store_id,
+                window_ms,
+                own_window_ms = self.own_vote_window_ms,
+                ?previous,
+                "a store runs other raft timing (--raft-tick-ms, --election-ticks): leases of \
+                 regions it replicates are cut to 80% of the smaller vote refusal window"
+            );
+        }
+    }
+
+    /// Other stores' vote refusal windows (ms) as last heard, in store id order.
+    pub fn vote_windows(&self) -> Vec<(u64, u64)> {
+        let mut windows: Vec<(u64, u64)> = self
+            .vote_windows
+            .read()
+            .iter()
+            .map(|(s, w)| (*s, *w))
+            .collect();
+        windows.sort_unstable();
+        windows
+    }
+
     /// Other stores whose latest message said their disk is low, in id order.
     pub fn low_disk_stores(&self) -> Vec<u64> {
         let mut stores: Vec<u64> = self.low_disk_stores.read().iter().copied().collect();
@@ -329,7 +371,12 @@ mod tests {
     #[test]
     fn uninitialized_regions_are_known_by_id_but_own_no_hashes() {
         let (tx, _rx) = crossbeam_channel::bounded(1);
-        let router = Router::new(vec![tx], Default::default());
+        let router = Router::new(
+            vec![tx],
+            Default::default(),
+            Default::default(),
+            std::time::Duration::ZERO,
+        );
         router.update_region(region(1, 0, 100, 3));
         router.update_region(region(2, 0, 0, 0)); // created for a snapshot: no range yet
         assert_eq!(router.region_for_hash(5).map(|r| r.id), Some(1));

@@ -193,6 +193,7 @@ fn raft_message(
         is_tombstone: false,
         hibernate: false,
         disk_low: false,
+        vote_refusal_ms: 0,
     }
 }
 

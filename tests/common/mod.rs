@@ -35,8 +35,8 @@ pub const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
 
 /// Raft timing for tests: 50 ms ticks, election after 20 ticks (1 s). Generous, because three
 /// nodes share two cores in CI and a starved heartbeat must not look like a dead leader.
-const RAFT_TICK_MS: u64 = 50;
-const ELECTION_TICKS: u64 = 20;
+pub const RAFT_TICK_MS: u64 = 50;
+pub const ELECTION_TICKS: u64 = 20;
 
 /// How long any awaited condition (startup, election, catch-up) may take before the test fails.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,6 +148,9 @@ pub struct ClusterOptions {
     pub placement_args: Vec<String>,
     /// Extra flags for every node process.
     pub node_args: Vec<String>,
+    /// Flag values for particular nodes (node → (flag, value)), replacing the harness's own
+    /// value of that flag (e.g. another `--raft-tick-ms` on one node).
+    pub node_flags: BTreeMap<usize, Vec<(String, String)>>,
     /// Data dirs for particular nodes (e.g. on a small file system), instead of one in the
     /// cluster's temp dir.
     pub node_data_dirs: BTreeMap<usize, PathBuf>,
@@ -202,6 +205,9 @@ pub struct RegionStatus {
     /// Not ticking: idle (see the raftstore's hibernation).
     #[serde(default)]
     pub hibernating: bool,
+    /// The length of the read lease this leader holds now (0: none).
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 impl RegionStatus {
@@ -895,6 +901,17 @@ impl Cluster {
     }
 
     fn node_args(&self, id: usize) -> Vec<String> {
+        let mut args = self.default_node_args(id);
+        for (flag, value) in self.opts.node_flags.get(&id).into_iter().flatten() {
+            match args.iter().position(|arg| arg == flag) {
+                Some(at) if at + 1 < args.len() => args[at + 1] = value.clone(),
+                _ => args.extend([flag.clone(), value.clone()]),
+            }
+        }
+        args
+    }
+
+    fn default_node_args(&self, id: usize) -> Vec<String> {
         let node = self.node(id);
         if let Some(placement) = &self.placement {
             return self.placement_node_args(id, placement);

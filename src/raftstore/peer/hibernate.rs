@@ -70,6 +70,7 @@ impl PeerFsm {
                 is_tombstone: false,
                 hibernate: true,
                 disk_low: self.disk_low.load(std::sync::atomic::Ordering::Relaxed),
+                vote_refusal_ms: self.vote_refusal.as_millis() as u64,
             });
         }
     }

@@ -22,8 +22,13 @@
 //! - a membership change makes another quorum: the lease ends with every change of the
 //!   region (and none is taken while one is pending).
 //!
-//! Assumptions: every store runs the same `--raft-tick-ms` and `--election-ticks`, and
-//! `Instant` (CLOCK_MONOTONIC) advances at the same rate everywhere. It does not advance while
+//! Stores may run different `--raft-tick-ms` and `--election-ticks`: every raft message and
+//! store heartbeat carries its sender's window (`vote_refusal_ms`), and a lease lasts 80% of
+//! the smallest window among this store and the region's other stores that have said theirs.
+//! A store that has said nothing since this one started cannot be in the confirming quorum
+//! (its acknowledgement would have carried its window), so leaving it out is safe.
+//!
+//! Assumption: `Instant` (CLOCK_MONOTONIC) advances at the same rate everywhere. It does not advance while
 //! a whole machine or VM is suspended, so a suspended leader's lease outlives real time: where
 //! hosts may be suspended, run with `--lease-reads false`.
 //!
@@ -41,8 +46,10 @@ use crate::value::now_ms;
 
 /// The lease state of one peer.
 pub(super) struct Lease {
-    /// How long a confirmation lasts; `None`: lease reads are off.
+    /// How long a confirmation lasts by this store's own window; `None`: lease reads are off.
     duration: Option<Duration>,
+    /// How long the current lease lasts from its confirmation (its region's smallest window).
+    granted: Duration,
     /// Reads may be answered locally until then.
     until: Option<Instant>,
     /// The term `until` belongs to.
@@ -57,12 +64,21 @@ impl Lease {
     pub(super) fn new(duration: Option<Duration>) -> Lease {
         Lease {
             duration,
+            granted: Duration::ZERO,
             until: None,
             term: 0,
             revoked_term: 0,
             renew: false,
         }
     }
+}
+
+/// A lease of `own` (80% of this store's window), cut to 80% of any smaller window (ms) of the
+/// region's other stores.
+fn shortest_lease(own: Duration, other_windows_ms: impl Iterator<Item = u64>) -> Duration {
+    other_windows_ms
+        .map(|ms| Duration::from_millis(ms) * 4 / 5)
+        .fold(own, Duration::min)
 }
 
 impl PeerFsm {
@@ -90,10 +106,10 @@ impl PeerFsm {
         if !self.lease_holds(finished) {
             return Some(read);
         }
-        if let (Some(until), Some(duration)) = (self.lease.until, self.lease.duration) {
+        if let Some(until) = self.lease.until {
             // Renew in the background once half of it is gone, so a steady stream of reads
             // never waits for a ReadIndex.
-            if until.saturating_duration_since(finished) < duration / 2 {
+            if until.saturating_duration_since(finished) < self.lease.granted / 2 {
                 self.lease.renew = true;
             }
         }
@@ -105,7 +121,7 @@ impl PeerFsm {
 
     /// A ReadIndex issued at `sent_at` in `term` was confirmed by a quorum.
     pub(super) fn extend_lease(&mut self, sent_at: Instant, term: u64) {
-        let Some(duration) = self.lease.duration else {
+        let Some(duration) = self.lease_duration_now() else {
             return;
         };
         if term != self.raw.raft.term || term == self.lease.revoked_term || !self.is_leader() {
@@ -115,6 +131,30 @@ impl PeerFsm {
         if self.lease.term != term || self.lease.until.is_none_or(|old| old < until) {
             self.lease.until = Some(until);
             self.lease.term = term;
+            self.lease.granted = duration;
+        }
+    }
+
+    /// What a confirmation buys now: 80% of the smallest vote refusal window among this
+    /// store's and those the region's other stores last said (see the module docs).
+    fn lease_duration_now(&self) -> Option<Duration> {
+        let own = self.lease.duration?;
+        let windows = self.vote_windows.read();
+        let others = self
+            .region()
+            .peers
+            .iter()
+            .filter(|peer| peer.store_id != self.peer.store_id)
+            .filter_map(|peer| windows.get(&peer.store_id).copied());
+        Some(shortest_lease(own, others))
+    }
+
+    /// The length of the lease held now, in ms (0: none).
+    pub(super) fn lease_ms(&self) -> u64 {
+        if self.lease_holds(Instant::now()) {
+            self.lease.granted.as_millis() as u64
+        } else {
+            0
         }
     }
 
@@ -183,5 +223,21 @@ impl PeerFsm {
 
     pub fn set_leader_contact(&mut self, at: Option<Instant>) {
         self.leader_contact = at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_fits_the_smallest_vote_refusal_window() {
+        let own = Duration::from_millis(760); // 80% of 950 ms
+        assert_eq!(shortest_lease(own, std::iter::empty()), own);
+        assert_eq!(shortest_lease(own, [950, 2000].into_iter()), own);
+        assert_eq!(
+            shortest_lease(own, [950, 450].into_iter()),
+            Duration::from_millis(360)
+        );
     }
 }
