@@ -19,6 +19,9 @@ pub const STORE_IDENT_KEY: &[u8] = b"\x00store_ident";
 pub const CLUSTER_ID_KEY: &[u8] = b"\x00cluster_id";
 /// The on-disk format version of this data dir (u32 big-endian), see `engine::FORMAT_VERSION`.
 pub const FORMAT_VERSION_KEY: &[u8] = b"\x00format_version";
+/// The vote refusal window (ms, u64 big-endian) this store last ran with: after a restart it
+/// refuses votes at least that long (see `raftstore::startup_vote_refusal`).
+pub const VOTE_WINDOW_KEY: &[u8] = b"\x00vote_window_ms";
 
 /// The ring position of a user key: xxh3-64 with seed 0. Part of the on-disk format.
 pub fn key_hash(user_key: &[u8]) -> u64 {

@@ -72,8 +72,11 @@ pub struct StoreConfig {
     /// Leaders answer linearizable reads under a quorum-confirmed lease (see
     /// `peer/lease.rs`) instead of a ReadIndex round trip per batch.
     pub lease_reads: bool,
-    /// When this store started: it refuses votes for a while after (lease safety).
+    /// When this store started: it refuses votes for a while after (lease safety), for
+    /// `startup_vote_refusal` — the longer of its window and the one it ran with before the
+    /// restart (set by `RaftStore::start`; see `startup_vote_refusal`).
     pub started: std::time::Instant,
+    pub startup_vote_refusal: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -125,6 +128,7 @@ impl StoreConfig {
             hibernate_regions: true,
             lease_reads: true,
             started: std::time::Instant::now(),
+            startup_vote_refusal: std::time::Duration::ZERO,
         }
     }
 }
@@ -157,13 +161,14 @@ impl RaftStore {
     /// Opens the store's regions (bootstrapping `initial_regions` when the engine has none)
     /// and starts the pollers.
     pub fn start(
-        cfg: StoreConfig,
+        mut cfg: StoreConfig,
         engine: Engine,
         initial_regions: Vec<Region>,
         sender: Arc<dyn RaftSender>,
     ) -> Result<RaftStore, StoreError> {
         check_store_ident(&engine, cfg.store_id)?;
         prepare_snap_dir(&cfg.snap_dir)?;
+        cfg.startup_vote_refusal = startup_vote_refusal(&engine, cfg.vote_refusal_window())?;
         let mut persisted = PersistedRegion::load_all(&engine)?;
         if persisted.is_empty() && !initial_regions.is_empty() {
             persisted = bootstrap(&engine, initial_regions)?;
@@ -245,6 +250,34 @@ impl Drop for RaftStore {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// How long this store refuses votes after starting: its vote refusal window, or the one it
+/// advertised before this restart if that was longer — leaders elsewhere may hold leases
+/// sized by the old window (e.g. `--raft-tick-ms` was just lowered). Records the new window,
+/// synced, before any message advertises it.
+fn startup_vote_refusal(
+    engine: &Engine,
+    window: std::time::Duration,
+) -> Result<std::time::Duration, StoreError> {
+    let window_ms = window.as_millis() as u64;
+    let before_ms = match engine.get(crate::engine::CF_META, keys::VOTE_WINDOW_KEY)? {
+        None => 0,
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| EngineError::Corruption("vote refusal window".into()))?,
+    };
+    if before_ms != window_ms {
+        let mut batch = engine.batch();
+        batch.put(
+            engine,
+            crate::engine::CF_META,
+            keys::VOTE_WINDOW_KEY,
+            &window_ms.to_be_bytes(),
+        )?;
+        engine.write(batch, true)?;
+    }
+    Ok(std::time::Duration::from_millis(window_ms.max(before_ms)))
 }
 
 fn check_store_ident(engine: &Engine, store_id: u64) -> Result<(), StoreError> {
@@ -372,5 +405,19 @@ mod tests {
         }
         write_ident(&engine, 7, Some(99)).expect("write ident");
         assert_eq!(stored_ident(&engine).expect("ident"), (Some(7), Some(99)));
+    }
+
+    #[test]
+    fn a_restart_with_a_shorter_vote_window_refuses_votes_as_long_as_before() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::open(&dir.path().join("db")).expect("engine");
+        let ms = std::time::Duration::from_millis;
+        let refusal = |window| startup_vote_refusal(&engine, window).expect("startup refusal");
+        assert_eq!(refusal(ms(950)), ms(950), "first start: its own window");
+        // Restarted ticking twice as fast: leases elsewhere may still count on 950 ms.
+        assert_eq!(refusal(ms(475)), ms(950));
+        // The next restart knows the shorter window was the one advertised.
+        assert_eq!(refusal(ms(475)), ms(475));
+        assert_eq!(refusal(ms(2000)), ms(2000));
     }
 }

@@ -168,6 +168,7 @@ pub struct PeerFsm {
     /// When this store started, and how long a peer grants no vote after it or after hearing
     /// from its leader (see `lease.rs`).
     store_started: std::time::Instant,
+    startup_vote_refusal: std::time::Duration,
     vote_refusal: std::time::Duration,
     /// Other stores' vote refusal windows (ms), kept by the router: the lease fits the
     /// smallest of this region's stores.
@@ -291,6 +292,7 @@ impl PeerFsm {
             appended_since_heartbeat: Vec::new(),
             lease: lease::Lease::new(cfg.lease_duration()),
             store_started: cfg.started,
+            startup_vote_refusal: cfg.startup_vote_refusal.max(cfg.vote_refusal_window()),
             vote_refusal: cfg.vote_refusal_window(),
             vote_windows: cfg.vote_windows.clone(),
             leader_contact: None,
@@ -817,6 +819,15 @@ impl PeerFsm {
         if self.write_batch.len() >= MAX_BATCH_WRITES {
             self.flush_proposals();
         }
+    }
+
+    /// Answers the writes queued this round and never proposed (the store is shutting down):
+    /// safe to retry elsewhere.
+    pub fn refuse_queued_writes(&mut self) {
+        for (_, reply) in self.write_batch.drain(..) {
+            let _ = reply.send(msg::server_is_busy("the node is shutting down", 100));
+        }
+        self.write_batch_bytes = 0;
     }
 
     /// Proposes the writes received this round as one log entry (a lone write keeps the

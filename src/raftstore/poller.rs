@@ -120,7 +120,12 @@ impl Poller {
                 self.adopt_or_stop(region_id, campaign, touched);
                 self.sync_awake(region_id);
             }
-            PollerMsg::Shutdown => return false,
+            PollerMsg::Shutdown => {
+                for peer in self.peers.values_mut() {
+                    peer.refuse_queued_writes();
+                }
+                return false;
+            }
         }
         true
     }

@@ -282,12 +282,27 @@ impl Router {
 
 impl Router {
     /// Records the vote refusal window a store's message carried (its `--raft-tick-ms` and
-    /// `--election-ticks`); leases here shrink to fit a smaller one.
+    /// `--election-ticks`); leases here shrink to fit a smaller one. The smallest one heard
+    /// since this store started is kept: a frame of a restarted store's old connection,
+    /// delivered late, must not bring back its old, longer window.
     fn note_vote_window(&self, store_id: u64, window_ms: u64) {
-        if self.vote_windows.read().get(&store_id) == Some(&window_ms) {
+        if self
+            .vote_windows
+            .read()
+            .get(&store_id)
+            .is_some_and(|&known| known <= window_ms)
+        {
             return;
         }
-        let previous = self.vote_windows.write().insert(store_id, window_ms);
+        let previous = {
+            let mut windows = self.vote_windows.write();
+            let known = windows.entry(store_id).or_insert(u64::MAX);
+            if *known <= window_ms {
+                return; // another thread recorded as small a window meanwhile
+            }
+            std::mem::replace(known, window_ms)
+        };
+        let previous = (previous != u64::MAX).then_some(previous);
         if window_ms != self.own_vote_window_ms {
             tracing::warn!(
                 store = store_id,
@@ -300,7 +315,7 @@ impl Router {
         }
     }
 
-    /// Other stores' vote refusal windows (ms) as last heard, in store id order.
+    /// Other stores' vote refusal windows (ms): the smallest heard from each, in store id order.
     pub fn vote_windows(&self) -> Vec<(u64, u64)> {
         let mut windows: Vec<(u64, u64)> = self
             .vote_windows

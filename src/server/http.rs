@@ -568,6 +568,11 @@ async fn status_handler(State(state): State<HttpState>) -> Response {
         "raft_addr": state.raft_addr,
         // Other stores whose store heartbeats say they are low on disk.
         "low_disk_stores": state.kv.router().low_disk_stores(),
+        // Other stores' vote refusal windows in ms (the smallest each said): leases here fit
+        // the smallest of a region's stores.
+        "vote_windows_ms": state.kv.router().vote_windows().into_iter()
+            .map(|(store, ms)| json!({"store_id": store, "window_ms": ms}))
+            .collect::<Vec<_>>(),
         "regions": regions,
     }))
     .into_response()

@@ -15,7 +15,8 @@
 //!
 //! What else could break the argument, and how each is closed:
 //! - a voter that restarts forgets it heard from the leader: a store refuses (pre-)votes for
-//!   the window after it starts, and a split's peer replacing an uninitialized one (created
+//!   the window after it starts — the longer of its new window and the one it ran with before
+//!   (kept in its data dir), in case its timing flags were just shortened — and a split's peer replacing an uninitialized one (created
 //!   by the new region's leader) keeps its predecessor's last leader contact;
 //! - a leadership transfer makes the transferee campaign at once, lease or not: a leader that
 //!   starts one takes no lease for the rest of its term;
@@ -26,7 +27,9 @@
 //! store heartbeat carries its sender's window (`vote_refusal_ms`), and a lease lasts 80% of
 //! the smallest window among this store and the region's other stores that have said theirs.
 //! A store that has said nothing since this one started cannot be in the confirming quorum
-//! (its acknowledgement would have carried its window), so leaving it out is safe.
+//! (its acknowledgement would have carried its window), so leaving it out is safe. The router
+//! keeps the smallest window each store has said since this one started, so a late frame from
+//! a restarted store's old connection cannot bring back a longer one.
 //!
 //! Assumption: `Instant` (CLOCK_MONOTONIC) advances at the same rate everywhere. It does not advance while
 //! a whole machine or VM is suspended, so a suspended leader's lease outlives real time: where
@@ -195,8 +198,9 @@ impl PeerFsm {
     ///   raft-rs refuses such votes itself only for a higher term, and a higher-term message
     ///   of another kind (a stale response) makes a follower forget its leader and then
     ///   grant a same-term vote at once; or
-    /// - its store started less than the window ago: its peers may have heard from
-    ///   a leader just before the restart.
+    /// - its store started less than the window ago (or less than the window it ran with
+    ///   before the restart, if longer): its peers may have heard from a leader just before
+    ///   the restart.
     ///
     /// Either way granting a vote could elect a second leader while the first one's lease
     /// runs. Votes for a leadership transfer go through (the leader asked for them). Applies
@@ -209,7 +213,7 @@ impl PeerFsm {
         {
             return false;
         }
-        self.store_started.elapsed() < self.vote_refusal
+        self.store_started.elapsed() < self.startup_vote_refusal
             || self
                 .leader_contact
                 .is_some_and(|at| at.elapsed() < self.vote_refusal)
