@@ -155,6 +155,10 @@ struct NodeArgs {
     /// Applied raft log entries kept per region before the log is compacted.
     #[arg(long, default_value_t = 1024)]
     raft_log_gc_threshold: u64,
+    /// MiB of raft log a region keeps (appended since the node started) before the log is
+    /// compacted, whatever the entry count.
+    #[arg(long, default_value_t = 64)]
+    raft_log_gc_size_mb: u64,
     /// Raft poller threads.
     #[arg(long, default_value_t = 1)]
     pollers: usize,
@@ -305,6 +309,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         election_ticks: args.election_ticks,
         heartbeat_ticks: args.heartbeat_ticks.max(1),
         raft_log_gc_threshold: args.raft_log_gc_threshold.max(1),
+        raft_log_gc_size: args.raft_log_gc_size_mb.max(1) << 20,
         pollers: args.pollers.max(1),
         hibernate_regions: args.hibernate_regions,
         lease_reads: args.lease_reads,

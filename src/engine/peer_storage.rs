@@ -201,6 +201,9 @@ pub struct PeerStorage {
     generation: RefCell<SnapshotGeneration>,
     /// The newest log entries, for raft's `term`/`entries` lookups.
     cache: EntryCache,
+    /// Bytes of log entries appended since this peer started and not yet compacted away (an
+    /// estimate: compaction removes a proportional share): what size-based log GC watches.
+    log_bytes: u64,
 }
 
 pub(super) fn conf_state_to_raft(cs: &pb::ConfState) -> ConfState {
@@ -255,6 +258,7 @@ impl PeerStorage {
             conf_state,
             generation: RefCell::new(SnapshotGeneration::Idle),
             cache: EntryCache::default(),
+            log_bytes: 0,
         }
     }
 
@@ -287,6 +291,7 @@ impl PeerStorage {
             conf_state: ConfState::default(),
             generation: RefCell::new(SnapshotGeneration::Idle),
             cache: EntryCache::default(),
+            log_bytes: 0,
         })
     }
 
@@ -310,6 +315,11 @@ impl PeerStorage {
 
     pub fn applied_index(&self) -> u64 {
         self.apply_state.applied_index
+    }
+
+    /// Estimated bytes of log entries held (see `log_bytes`).
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
     }
 
     pub fn truncated_index(&self) -> u64 {
@@ -341,6 +351,7 @@ impl PeerStorage {
         debug_assert!(first.index > self.apply_state.truncated_index);
         for entry in entries {
             let bytes = entry.write_to_bytes()?;
+            self.log_bytes += bytes.len() as u64;
             batch.put(
                 &self.engine,
                 CF_RAFT,
@@ -499,6 +510,11 @@ impl PeerStorage {
                 self.region.id
             ))
         })?;
+        let (kept, held) = (
+            self.raft_state.last_index.saturating_sub(compact_index),
+            self.raft_state.last_index.saturating_sub(truncated).max(1),
+        );
+        self.log_bytes = (self.log_bytes as u128 * kept as u128 / held as u128) as u64;
         self.apply_state.truncated_index = compact_index;
         self.cache.compact_to(compact_index);
         self.apply_state.truncated_term = term;
@@ -518,6 +534,7 @@ impl PeerStorage {
     /// which the raftstore writes synced together with the hard state.
     pub fn apply_snapshot(&mut self, snap: &Snapshot, batch: &mut WriteBatch) -> Result<u64> {
         self.cache.clear();
+        self.log_bytes = 0;
         let meta = snap.get_metadata();
         let file = SnapshotFile::from_snapshot(snap, &self.snap_dir)?;
         let region = file.meta.region.clone().unwrap_or_default();

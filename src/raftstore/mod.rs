@@ -48,8 +48,10 @@ pub struct StoreConfig {
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
-    /// A peer compacts its log once it holds more than this many applied entries.
+    /// A peer compacts its log once it holds more than this many applied entries, or more
+    /// than `raft_log_gc_size` bytes of log (batched write entries can be large).
     pub raft_log_gc_threshold: u64,
+    pub raft_log_gc_size: u64,
     /// Poller threads; each owns the regions with `region_id % pollers == index`.
     pub pollers: usize,
     /// Messages each poller's mailbox holds before refusing more.
@@ -119,6 +121,7 @@ impl StoreConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             raft_log_gc_threshold: 1024,
+            raft_log_gc_size: 64 << 20,
             pollers: 1,
             mailbox_capacity: 65_536,
             snap_dir,

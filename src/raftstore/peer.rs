@@ -156,6 +156,7 @@ pub struct PeerFsm {
     snapshots_applied: u64,
     was_leader: bool,
     gc_threshold: u64,
+    gc_size: u64,
     /// While a split this leader proposed — or any entry its log held when it was elected —
     /// is not yet applied here (that log index, 0 = none), every commit is broadcast at once
     /// so followers apply a split — and start the new region's peers — without waiting for
@@ -288,6 +289,7 @@ impl PeerFsm {
             snapshots_applied: 0,
             was_leader: false,
             gc_threshold: cfg.raft_log_gc_threshold,
+            gc_size: cfg.raft_log_gc_size,
             bcast_commit_until: 0,
             appended_since_heartbeat: Vec::new(),
             lease: lease::Lease::new(cfg.lease_duration()),
@@ -1168,7 +1170,9 @@ impl PeerFsm {
         }
         self.serve_reads();
         let truncated = self.raw.store().truncated_index();
-        if applied.saturating_sub(truncated) <= self.gc_threshold {
+        if applied.saturating_sub(truncated) <= self.gc_threshold
+            && self.raw.store().log_bytes() <= self.gc_size
+        {
             return Ok(());
         }
         let mut compact_index = applied;
@@ -1840,6 +1844,10 @@ mod batching_tests {
 
     impl Solo {
         fn new() -> Solo {
+            Solo::with_config(|_| {})
+        }
+
+        fn with_config(tweak: impl FnOnce(&mut StoreConfig)) -> Solo {
             let dir = tempfile::tempdir().expect("temp dir");
             let engine = Engine::open(&dir.path().join("db")).expect("engine");
             let region = crate::region::static_bootstrap_regions(1, &[1]).remove(0);
@@ -1847,7 +1855,8 @@ mod batching_tests {
             let mut batch = engine.batch();
             persisted.write_to(&engine, &mut batch).expect("stage");
             engine.write(batch, true).expect("bootstrap");
-            let cfg = StoreConfig::new(1, dir.path().join("snap"));
+            let mut cfg = StoreConfig::new(1, dir.path().join("snap"));
+            tweak(&mut cfg);
             let storage = PeerStorage::new(engine.clone(), 1, cfg.snap_dir.clone(), persisted);
             let mut peer = PeerFsm::new(storage, engine.clone(), &cfg).expect("peer");
             peer.raw.campaign().expect("campaign");
@@ -1995,6 +2004,29 @@ mod batching_tests {
         let cmd = RaftCmd::decode(entry.get_data()).expect("command");
         assert!(cmd.batch.is_empty());
         assert_eq!(cmd.request_id, 16);
+    }
+
+    #[test]
+    fn the_log_is_compacted_by_size_as_well_as_by_entry_count() {
+        let mut solo = Solo::with_config(|cfg| cfg.raft_log_gc_size = 64 << 10);
+        let value = "v".repeat(16 << 10);
+        for n in 0..12u64 {
+            let done = solo.write(100 + n, vec![put(&format!("k{n}"), &value)], vec![]);
+            solo.rounds();
+            assert_eq!(answer(done), msg::done());
+        }
+        // 12 entries of ~16 KiB: far below the 1024-entry threshold, over 64 KiB.
+        let store = solo.peer.raw.store();
+        assert!(
+            store.truncated_index() > 0,
+            "log not compacted: {} bytes held",
+            store.log_bytes()
+        );
+        assert!(
+            store.log_bytes() <= 64 << 10,
+            "{} bytes held",
+            store.log_bytes()
+        );
     }
 
     #[test]

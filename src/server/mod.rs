@@ -78,6 +78,8 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     pub raft_log_gc_threshold: u64,
+    /// Bytes of raft log a region keeps before compacting, whatever the entry count.
+    pub raft_log_gc_size: u64,
     pub pollers: usize,
     /// Idle regions stop ticking until traffic wakes them.
     pub hibernate_regions: bool,
@@ -348,6 +350,7 @@ impl Node {
         store_cfg.election_ticks = cfg.election_ticks;
         store_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
         store_cfg.raft_log_gc_threshold = cfg.raft_log_gc_threshold;
+        store_cfg.raft_log_gc_size = cfg.raft_log_gc_size;
         store_cfg.pollers = cfg.pollers;
         store_cfg.hibernate_regions = cfg.hibernate_regions;
         store_cfg.lease_reads = cfg.lease_reads;
