@@ -229,18 +229,22 @@ fn an_isolated_leader_stops_answering_reads_before_the_majority_takes_a_write() 
     });
 }
 
-/// The lease of region 1's leader on `node` as its status reports it, after a read there (which
-/// takes or renews the lease).
-async fn lease_after_read(cluster: &Cluster, node: usize) -> Result<u64, String> {
-    cluster
-        .get(node, "lease")
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let region = cluster.region(node, 1).await?;
-    if !region.is_leader {
-        return Err(format!("node {node} is no longer the leader"));
-    }
-    Ok(region.lease_ms)
+/// Reads at region 1's leader on `node` (which takes or renews its lease) until its status
+/// reports a lease of `expected_ms`.
+async fn wait_for_lease(cluster: &Cluster, node: usize, expected_ms: u64, what: &str) {
+    wait_until(what, WAIT_TIMEOUT, async || {
+        cluster
+            .get(node, "lease")
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let region = cluster.region(node, 1).await?;
+        match region.lease_ms {
+            _ if !region.is_leader => Err(format!("node {node} is no longer the leader")),
+            ms if ms == expected_ms => Ok(()),
+            ms => Err(format!("lease {ms} ms, expected {expected_ms}")),
+        }
+    })
+    .await;
 }
 
 #[test]
@@ -263,24 +267,20 @@ fn a_lease_fits_the_smallest_vote_refusal_window_among_the_regions_stores() {
         cluster.must_put(leader, "lease", b"1").await;
         let own_ms = (ELECTION_TICKS - 1) * RAFT_TICK_MS * 4 / 5;
         let fast_ms = (ELECTION_TICKS - 1) * (RAFT_TICK_MS / 2) * 4 / 5;
-        wait_until(
+        wait_for_lease(
+            &cluster,
+            leader,
+            own_ms,
             "a lease by the leader's own window",
-            WAIT_TIMEOUT,
-            async || match lease_after_read(&cluster, leader).await? {
-                ms if ms == own_ms => Ok(()),
-                ms => Err(format!("lease {ms} ms, expected {own_ms}")),
-            },
         )
         .await;
 
         cluster.start_node(3);
-        wait_until(
+        wait_for_lease(
+            &cluster,
+            leader,
+            fast_ms,
             "the lease cut to node 3's window",
-            WAIT_TIMEOUT,
-            async || match lease_after_read(&cluster, leader).await? {
-                ms if ms == fast_ms => Ok(()),
-                ms => Err(format!("lease {ms} ms, expected {fast_ms}")),
-            },
         )
         .await;
         // Reads stay correct and keep being answered under the shorter lease.
