@@ -39,6 +39,7 @@ fn every_node_serves_health_status_and_metrics() {
         for id in cluster.node_ids() {
             cluster.must_put(id, "metered", b"1").await;
         }
+        let mut answered_early = 0.0;
         for id in cluster.node_ids() {
             let health = cluster.request(id, Method::GET, "/health", None).await;
             let health = health.unwrap_or_else(|e| panic!("health of node {id}: {e}"));
@@ -64,8 +65,30 @@ fn every_node_serves_health_status_and_metrics() {
                 "node {id}'s /metrics has no ringkv_* metric:\n{}",
                 metrics.text()
             );
+            answered_early += counter_value(&metrics.text(), EARLY_ANSWERS);
         }
+        // The leader learns a write is committed from a follower's ack, in a round that also
+        // appends newer entries: it answers before that round's fsync, which only covers them.
+        assert!(
+            answered_early >= 3.0,
+            "{EARLY_ANSWERS}: {answered_early} over the cluster after 3 writes"
+        );
     });
+}
+
+const EARLY_ANSWERS: &str = "ringkv_raft_answered_before_log_write_total";
+
+/// The value of the unlabelled counter `name` in a `/metrics` page, 0 if absent.
+fn counter_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
 }
 
 #[test]

@@ -1131,6 +1131,21 @@ impl PeerFsm {
         Ok(applied_snapshot)
     }
 
+    /// Phase 1b, before the raft batch is written: stages the entries the ready committed
+    /// (raft hands out only entries persisted here, and a quorum has them) into `batch`.
+    /// True when anything was staged.
+    pub fn apply_ready_committed(
+        &mut self,
+        batch: &mut WriteBatch,
+        replies: &mut Vec<(Reply, KvResponse)>,
+    ) -> EngineResult<bool> {
+        if self.committed.is_empty() {
+            return Ok(false);
+        }
+        self.apply_committed(batch, replies)?;
+        Ok(true)
+    }
+
     /// Phase 2, after the raft batch is durable: send the rest of the messages, advance raft,
     /// and stage every committed entry into `apply_batch`.
     pub fn handle_ready_apply(

@@ -4,6 +4,8 @@
 //! 2. collects every touched peer's `Ready` and stages new log entries, hard states and
 //!    received snapshots of ALL of them into one `WriteBatch`, written with ONE fsync
 //!    (group commit across regions);
+//!    Before that write, what the readies commit (already durable on a quorum, this store
+//!    included) is applied and answered: the fsync covers only newer entries;
 //! 3. sends the messages, advances raft, and applies committed entries of all peers into one
 //!    more batch — data and applied index together, so a crash can never separate them;
 //! 4. answers writes (after apply) and reads (once applied >= read index).
@@ -23,11 +25,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMsg, MessageType};
 
-use super::msg::PeerMsg;
+use super::msg::{PeerMsg, Reply};
 use super::peer::PeerFsm;
 use super::router::{PollerMsg, Router};
 use super::{RaftSender, StoreConfig};
-use crate::engine::{Engine, EngineError, PeerStorage, PersistedRegion};
+use crate::engine::{Engine, EngineError, PeerStorage, PersistedRegion, WriteBatch};
+use crate::proto::kvpb::KvResponse;
 use crate::proto::raft_serverpb::{PeerState, RaftMessage, SnapshotMeta};
 use prost::Message as _;
 
@@ -572,6 +575,28 @@ impl Poller {
             self.release_claims();
             return Ok(again);
         }
+        // What these readies commit was durable on a quorum, this store included, before
+        // this round (raft hands out only persisted committed entries): apply it and answer
+        // now rather than after this round's own fsync, which only covers newer entries.
+        // A snapshot's ready keeps the order below (its entries follow the snapshot).
+        let mut early_batch = self.engine.batch();
+        let mut early_replies = Vec::new();
+        let mut early_applied = Vec::new();
+        for (region_id, _, snapshot) in &readies {
+            if snapshot.is_some() {
+                continue;
+            }
+            if let Some(peer) = self.peers.get_mut(region_id) {
+                if peer.apply_ready_committed(&mut early_batch, &mut early_replies)? {
+                    early_applied.push(*region_id);
+                }
+            }
+        }
+        if !early_applied.is_empty() {
+            let answered = self.write_applied(early_batch, early_replies, &early_applied)?;
+            metrics::counter!("ringkv_raft_answered_before_log_write_total")
+                .increment(answered as u64);
+        }
         fail::fail_point!("raft_before_log_write");
         if !raft_batch.is_empty() {
             let started = Instant::now();
@@ -595,28 +620,13 @@ impl Poller {
             advanced.push(region_id);
         }
         self.flush_outbox(&mut outbox);
-        fail::fail_point!("apply_before_write");
-        let started = Instant::now();
-        let apply_bytes = apply_batch.size_bytes();
-        self.engine.write(apply_batch, false)?;
-        metrics::histogram!("ringkv_raft_apply_write_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("ringkv_raft_apply_write_size_bytes").record(apply_bytes as f64);
-        fail::fail_point!("apply_after_write");
-        let acknowledged = replies.len();
-        for (reply, response) in replies {
-            let _ = reply.send(response);
-        }
-        metrics::counter!("ringkv_raft_applied_commands_total").increment(acknowledged as u64);
+        self.write_applied(apply_batch, replies, &advanced)?;
 
         let mut gc_batch = self.engine.batch();
         let mut removed = Vec::new();
         let mut split_created = Vec::new();
         for region_id in advanced {
             if let Some(peer) = self.peers.get_mut(&region_id) {
-                if std::mem::take(&mut peer.region_changed) {
-                    self.router.update_region(peer.region().clone());
-                }
                 split_created.append(&mut peer.split_created);
                 if peer.removed {
                     removed.push(region_id);
@@ -645,6 +655,38 @@ impl Poller {
         }
         self.release_claims();
         Ok(again)
+    }
+
+    /// Writes what `regions` applied (not synced: the raft log they were applied from is
+    /// durable), points the router at regions whose shape changed, then answers the clients;
+    /// returns how many were answered.
+    fn write_applied(
+        &mut self,
+        batch: WriteBatch,
+        replies: Vec<(Reply, KvResponse)>,
+        regions: &[u64],
+    ) -> Result<usize, EngineError> {
+        fail::fail_point!("apply_before_write");
+        let started = Instant::now();
+        let bytes = batch.size_bytes();
+        self.engine.write(batch, false)?;
+        metrics::histogram!("ringkv_raft_apply_write_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("ringkv_raft_apply_write_size_bytes").record(bytes as f64);
+        fail::fail_point!("apply_after_write");
+        for region_id in regions {
+            if let Some(peer) = self.peers.get_mut(region_id) {
+                if std::mem::take(&mut peer.region_changed) {
+                    self.router.update_region(peer.region().clone());
+                }
+            }
+        }
+        let acknowledged = replies.len();
+        for (reply, response) in replies {
+            let _ = reply.send(response);
+        }
+        metrics::counter!("ringkv_raft_applied_commands_total").increment(acknowledged as u64);
+        Ok(acknowledged)
     }
 
     fn flush_outbox(&self, outbox: &mut Vec<RaftMessage>) {
