@@ -1131,15 +1131,17 @@ impl PeerFsm {
         Ok(applied_snapshot)
     }
 
-    /// Phase 1b, before the raft batch is written: stages the entries the ready committed
-    /// (raft hands out only entries persisted here, and a quorum has them) into `batch`.
-    /// True when anything was staged.
+    /// Phase 1b, before the raft batch is written: a leader stages the entries the ready
+    /// committed (raft hands out only entries persisted here, and a quorum has them) into
+    /// `batch`, so that their clients need not wait for this round's fsync. True when
+    /// anything was staged. A follower answers no client, and its ack (sent after the
+    /// fsync) should not wait for apply work: it applies after the write, as before.
     pub fn apply_ready_committed(
         &mut self,
         batch: &mut WriteBatch,
         replies: &mut Vec<(Reply, KvResponse)>,
     ) -> EngineResult<bool> {
-        if self.committed.is_empty() {
+        if self.committed.is_empty() || !self.is_leader() {
             return Ok(false);
         }
         self.apply_committed(batch, replies)?;

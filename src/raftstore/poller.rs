@@ -4,8 +4,8 @@
 //! 2. collects every touched peer's `Ready` and stages new log entries, hard states and
 //!    received snapshots of ALL of them into one `WriteBatch`, written with ONE fsync
 //!    (group commit across regions);
-//!    Before that write, what the readies commit (already durable on a quorum, this store
-//!    included) is applied and answered: the fsync covers only newer entries;
+//!    Before that write, what leaders' readies commit (already durable on a quorum, this
+//!    store included) is applied and answered: the fsync covers only newer entries;
 //! 3. sends the messages, advances raft, and applies committed entries of all peers into one
 //!    more batch — data and applied index together, so a crash can never separate them;
 //! 4. answers writes (after apply) and reads (once applied >= read index).
