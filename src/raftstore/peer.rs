@@ -1148,16 +1148,15 @@ impl PeerFsm {
         Ok(true)
     }
 
-    /// Phase 2, after the raft batch is durable: send the rest of the messages, advance raft,
-    /// and stage every committed entry into `apply_batch`.
-    pub fn handle_ready_apply(
+    /// Phase 2a, after the raft batch is durable: queue the messages that waited for it (a
+    /// follower's acks) and advance raft, queueing what it committed for
+    /// [`apply_pending`](Self::apply_pending).
+    pub fn advance_persisted(
         &mut self,
         mut ready: Ready,
         applied_snapshot: Option<Snapshot>,
         outbox: &mut Vec<RaftMessage>,
-        apply_batch: &mut WriteBatch,
-        replies: &mut Vec<(Reply, KvResponse)>,
-    ) -> EngineResult<()> {
+    ) {
         if let Some(snapshot) = applied_snapshot {
             self.raw.store().remove_snapshot_file(&snapshot);
             self.snapshots_applied += 1;
@@ -1174,6 +1173,14 @@ impl PeerFsm {
         let committed = light.take_committed_entries();
         metrics::counter!("ringkv_raft_committed_entries_total").increment(committed.len() as u64);
         self.committed.extend(committed);
+    }
+
+    /// Phase 2b: stage every committed entry not yet applied into `apply_batch`.
+    pub fn apply_pending(
+        &mut self,
+        apply_batch: &mut WriteBatch,
+        replies: &mut Vec<(Reply, KvResponse)>,
+    ) -> EngineResult<()> {
         self.apply_committed(apply_batch, replies)
     }
 
@@ -1906,14 +1913,9 @@ mod batching_tests {
                     .handle_ready_persist(&mut ready, &mut raft_batch, &mut outbox)
                     .expect("persist");
                 self.engine.write(raft_batch, true).expect("log write");
+                self.peer.advance_persisted(ready, snapshot, &mut outbox);
                 self.peer
-                    .handle_ready_apply(
-                        ready,
-                        snapshot,
-                        &mut outbox,
-                        &mut apply_batch,
-                        &mut replies,
-                    )
+                    .apply_pending(&mut apply_batch, &mut replies)
                     .expect("apply");
                 self.engine.write(apply_batch, false).expect("apply write");
                 self.peer.after_apply(&mut gc_batch).expect("gc");

@@ -6,8 +6,9 @@
 //!    (group commit across regions);
 //!    Before that write, what leaders' readies commit (already durable on a quorum, this
 //!    store included) is applied and answered: the fsync covers only newer entries;
-//! 3. sends the messages, advances raft, and applies committed entries of all peers into one
-//!    more batch — data and applied index together, so a crash can never separate them;
+//! 3. sends the messages that waited for the write (followers' acks) and advances raft, then
+//!    applies committed entries of all peers into one more batch — data and applied index
+//!    together, so a crash can never separate them;
 //! 4. answers writes (after apply) and reads (once applied >= read index).
 //!
 //! A failed write stops the node: continuing after an fsync error could acknowledge data that
@@ -609,17 +610,23 @@ impl Poller {
         }
         fail::fail_point!("raft_after_log_write");
 
-        let mut apply_batch = self.engine.batch();
-        let mut replies = Vec::new();
+        // What waited for the write (followers' acks) goes out before any apply work.
         let mut advanced = Vec::with_capacity(readies.len());
         for (region_id, ready, snapshot) in readies {
             let Some(peer) = self.peers.get_mut(&region_id) else {
                 continue;
             };
-            peer.handle_ready_apply(ready, snapshot, &mut outbox, &mut apply_batch, &mut replies)?;
+            peer.advance_persisted(ready, snapshot, &mut outbox);
             advanced.push(region_id);
         }
         self.flush_outbox(&mut outbox);
+        let mut apply_batch = self.engine.batch();
+        let mut replies = Vec::new();
+        for region_id in &advanced {
+            if let Some(peer) = self.peers.get_mut(region_id) {
+                peer.apply_pending(&mut apply_batch, &mut replies)?;
+            }
+        }
         self.write_applied(apply_batch, replies, &advanced)?;
 
         let mut gc_batch = self.engine.batch();
