@@ -1082,14 +1082,10 @@ impl PeerFsm {
         self.was_leader = leader;
     }
 
-    /// Phase 1 of a round: stage what the Ready asks to persist into `raft_batch`, send the
-    /// messages that may go before persistence (a leader's appends), keep committed entries.
-    pub fn handle_ready_persist(
-        &mut self,
-        ready: &mut Ready,
-        raft_batch: &mut WriteBatch,
-        outbox: &mut Vec<RaftMessage>,
-    ) -> EngineResult<Option<Snapshot>> {
+    /// Phase 1a of a round: queues the messages that may go before persistence (a leader's
+    /// appends), serves read states, and keeps the entries the ready committed (unless a
+    /// snapshot comes first: then phase 1c keeps them).
+    pub fn take_ready_messages(&mut self, ready: &mut Ready, outbox: &mut Vec<RaftMessage>) {
         let messages = ready.take_messages();
         self.wrap_messages(messages, outbox);
         if ready.ss().is_some() {
@@ -1098,6 +1094,23 @@ impl PeerFsm {
         for state in ready.take_read_states() {
             self.on_read_state(&state.request_ctx, state.index);
         }
+        if ready.snapshot().is_empty() {
+            self.take_ready_committed(ready);
+        }
+    }
+
+    fn take_ready_committed(&mut self, ready: &mut Ready) {
+        let committed = ready.take_committed_entries();
+        metrics::counter!("ringkv_raft_committed_entries_total").increment(committed.len() as u64);
+        self.committed.extend(committed);
+    }
+
+    /// Phase 1c: stages the ready's snapshot, new entries and hard state into `raft_batch`.
+    pub fn handle_ready_persist(
+        &mut self,
+        ready: &mut Ready,
+        raft_batch: &mut WriteBatch,
+    ) -> EngineResult<Option<Snapshot>> {
         let mut dirty = false;
         let mut applied_snapshot = None;
         if !ready.snapshot().is_empty() {
@@ -1113,9 +1126,8 @@ impl PeerFsm {
             self.on_region_changed();
             dirty = true;
         }
-        let committed = ready.take_committed_entries();
-        metrics::counter!("ringkv_raft_committed_entries_total").increment(committed.len() as u64);
-        self.committed.extend(committed);
+        // After a snapshot: its entries follow it.
+        self.take_ready_committed(ready);
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(ready.entries(), raft_batch)?;
             dirty = true;
@@ -1908,9 +1920,10 @@ mod batching_tests {
                 );
                 let (mut outbox, mut replies) = (Vec::new(), Vec::new());
                 let mut ready = self.peer.raw.ready();
+                self.peer.take_ready_messages(&mut ready, &mut outbox);
                 let snapshot = self
                     .peer
-                    .handle_ready_persist(&mut ready, &mut raft_batch, &mut outbox)
+                    .handle_ready_persist(&mut ready, &mut raft_batch)
                     .expect("persist");
                 self.engine.write(raft_batch, true).expect("log write");
                 self.peer.advance_persisted(ready, snapshot, &mut outbox);

@@ -548,7 +548,6 @@ impl Poller {
     fn process_readies(&mut self, touched: &HashSet<u64>) -> Result<HashSet<u64>, EngineError> {
         let mut again = HashSet::new();
         let mut outbox: Vec<RaftMessage> = Vec::new();
-        let mut raft_batch = self.engine.batch();
         let mut readies = Vec::new();
         for region_id in touched {
             let Some(peer) = self.peers.get_mut(region_id) else {
@@ -564,10 +563,11 @@ impl Poller {
                 continue;
             }
             let mut ready = peer.raw.ready();
-            let snapshot = peer.handle_ready_persist(&mut ready, &mut raft_batch, &mut outbox)?;
-            readies.push((*region_id, ready, snapshot));
+            peer.take_ready_messages(&mut ready, &mut outbox);
+            readies.push((*region_id, ready));
         }
-        // Leaders' appends go out before our own fsync (raft thesis 10.2.1).
+        // Leaders' appends go out before our own fsync (raft thesis 10.2.1), and before any
+        // peer's entries are staged.
         self.flush_outbox(&mut outbox);
         let router = self.router.clone();
         self.adopt_later
@@ -576,17 +576,13 @@ impl Poller {
             self.release_claims();
             return Ok(again);
         }
-        // What these readies commit was durable on a quorum, this store included, before
+        // What leaders' readies commit was durable on a quorum, this store included, before
         // this round (raft hands out only persisted committed entries): apply it and answer
         // now rather than after this round's own fsync, which only covers newer entries.
-        // A snapshot's ready keeps the order below (its entries follow the snapshot).
         let mut early_batch = self.engine.batch();
         let mut early_replies = Vec::new();
         let mut early_applied = Vec::new();
-        for (region_id, _, snapshot) in &readies {
-            if snapshot.is_some() {
-                continue;
-            }
+        for (region_id, _) in &readies {
             if let Some(peer) = self.peers.get_mut(region_id) {
                 if peer.apply_ready_committed(&mut early_batch, &mut early_replies)? {
                     early_applied.push(*region_id);
@@ -598,6 +594,16 @@ impl Poller {
             metrics::counter!("ringkv_raft_answered_before_log_write_total")
                 .increment(answered as u64);
         }
+        let mut raft_batch = self.engine.batch();
+        let mut staged = Vec::with_capacity(readies.len());
+        for (region_id, mut ready) in readies {
+            let Some(peer) = self.peers.get_mut(&region_id) else {
+                continue;
+            };
+            let snapshot = peer.handle_ready_persist(&mut ready, &mut raft_batch)?;
+            staged.push((region_id, ready, snapshot));
+        }
+        let readies = staged;
         fail::fail_point!("raft_before_log_write");
         if !raft_batch.is_empty() {
             let started = Instant::now();
