@@ -659,6 +659,48 @@ fn broken_read_path_is_caught() {
 // ---------------------------------------------------------------------------------------------
 // Crash points
 
+/// A leader answers the writes its round commits before that round's raft-log write. Crashed
+/// right after answering (every node armed; only a leader passes that point), then the whole
+/// cluster restarted: every answered write is still there, and the history is linearizable.
+#[test]
+fn leader_crash_between_early_answers_and_log_write_loses_nothing() {
+    run_serially(async {
+        let seed = seed_or(33);
+        let armed = "apply_early_after_write=40*off->panic".to_owned();
+        let failpoints: BTreeMap<usize, String> = (1..=3).map(|id| (id, armed.clone())).collect();
+        let cluster = Cluster::start(3, cluster_options(failpoints)).await;
+        cluster.wait_ready().await;
+        let workload = Workload::start(&cluster, "early", seed).await;
+        let (crashed, exit) = cluster.wait_any_exit(PROGRESS_TIMEOUT).await;
+        assert!(!exit.success(), "node {crashed} exited cleanly");
+        let log = cluster.log(crashed);
+        assert!(
+            log.contains("apply_early_after_write"),
+            "node {crashed} did not stop at the crash point; log tail:\n{}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+        eprintln!("node {crashed} crashed after answering early ({exit})");
+        for id in cluster.node_ids() {
+            if id != crashed {
+                cluster.kill(id);
+            }
+            cluster.set_failpoints(id, None);
+        }
+        cluster.restart_all_of(&cluster.node_ids()).await;
+        workload.wait_progress(30, "after the restart").await;
+        let report = finish_round(&cluster, workload, "early-answers").await;
+        assert!(
+            report.verdict.is_linearizable(),
+            "seed {seed}: {}",
+            report.verdict
+        );
+        assert_eq!(
+            report.lost_writes, 0,
+            "seed {seed}: acknowledged writes lost"
+        );
+    });
+}
+
 /// Persistence steps a node is crashed at (`panic` aborts the process), and the crash-stop
 /// path of a failed engine write.
 const CRASH_POINTS: [(&str, &str); 7] = [

@@ -1145,9 +1145,10 @@ impl PeerFsm {
 
     /// Phase 1b, before the raft batch is written: a leader stages the entries the ready
     /// committed (raft hands out only entries persisted here, and a quorum has them) into
-    /// `batch`, so that their clients need not wait for this round's fsync. True when
-    /// anything was staged. A follower answers no client, and its ack (sent after the
-    /// fsync) should not wait for apply work: it applies after the write, as before.
+    /// `batch`, so that their clients need not wait for this round's fsync: client writes
+    /// only, up to the first membership change or admin command (see `apply_committed`).
+    /// True when it applied anything. A follower answers no client, and its ack (sent after
+    /// the fsync) should not wait for apply work: it applies after the write, as before.
     pub fn apply_ready_committed(
         &mut self,
         batch: &mut WriteBatch,
@@ -1156,8 +1157,9 @@ impl PeerFsm {
         if self.committed.is_empty() || !self.is_leader() {
             return Ok(false);
         }
-        self.apply_committed(batch, replies)?;
-        Ok(true)
+        let queued = self.committed.len();
+        self.apply_committed(batch, replies, true)?;
+        Ok(self.committed.len() < queued)
     }
 
     /// Phase 2a, after the raft batch is durable: queue the messages that waited for it (a
@@ -1193,7 +1195,7 @@ impl PeerFsm {
         apply_batch: &mut WriteBatch,
         replies: &mut Vec<(Reply, KvResponse)>,
     ) -> EngineResult<()> {
-        self.apply_committed(apply_batch, replies)
+        self.apply_committed(apply_batch, replies, false)
     }
 
     /// Phase 3, after the apply batch is written: tell raft, serve reads, collect garbage.
@@ -1327,56 +1329,82 @@ impl PeerFsm {
         }
     }
 
+    /// Applies the queued committed entries into `batch`. With `writes_only`, stops before
+    /// the first membership change or admin command and leaves it, and what follows, queued
+    /// for after raft has advanced past this round's Ready: raft-rs must not see its
+    /// configuration change between `ready()` and `advance_append` (a leader applying its own
+    /// removal there would lose its own progress entry), and a split or merge must not reach
+    /// the router before the round's regions are adopted.
     fn apply_committed(
         &mut self,
         batch: &mut WriteBatch,
         replies: &mut Vec<(Reply, KvResponse)>,
+        writes_only: bool,
     ) -> EngineResult<()> {
-        let committed = std::mem::take(&mut self.committed);
-        let Some(last) = committed.last() else {
-            return Ok(());
-        };
-        let (last_index, last_term) = (last.index, last.term);
+        let mut committed = std::mem::take(&mut self.committed);
         // Values written by earlier entries of this batch, which the engine does not show
         // yet: what a conditional write later in the batch must compare against.
         let mut staged = Staged::default();
-        for entry in &committed {
+        let mut last_applied = None;
+        let mut stopped_at = None;
+        for (position, entry) in committed.iter().enumerate() {
             if entry.index <= self.raw.store().applied_index() {
                 continue; // already applied (e.g. covered by a snapshot)
             }
             let responses = match entry.get_entry_type() {
-                EntryType::EntryNormal => self.apply_normal(entry, batch, &mut staged)?,
+                EntryType::EntryNormal => {
+                    let cmd = self.decode_command(entry);
+                    if writes_only && cmd.as_ref().is_some_and(|cmd| cmd.admin.is_some()) {
+                        stopped_at = Some(position);
+                        break;
+                    }
+                    self.apply_normal(entry, cmd, batch, &mut staged)?
+                }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    if writes_only {
+                        stopped_at = Some(position);
+                        break;
+                    }
                     self.apply_conf_change(entry, batch)?;
                     Vec::new()
                 }
             };
             self.finish_write(entry, responses, replies);
+            last_applied = Some((entry.index, entry.term));
         }
-        if last_index > self.raw.store().applied_index() {
-            self.raw
-                .mut_store()
-                .set_applied(last_index, last_term, batch)?;
+        if let Some(position) = stopped_at {
+            self.committed = committed.split_off(position);
+        }
+        if let Some((index, term)) = last_applied {
+            self.raw.mut_store().set_applied(index, term, batch)?;
         }
         Ok(())
+    }
+
+    /// The command of a normal entry; `None` for a new leader's no-op, or for bytes that do
+    /// not decode (every replica decodes the same bytes, so every replica skips it alike).
+    fn decode_command(&self, entry: &Entry) -> Option<RaftCmd> {
+        if entry.data.is_empty() {
+            return None;
+        }
+        match RaftCmd::decode(entry.get_data()) {
+            Ok(cmd) => Some(cmd),
+            Err(err) => {
+                tracing::error!(region = self.region_id(), index = entry.index, %err, "undecodable command skipped");
+                None
+            }
+        }
     }
 
     fn apply_normal(
         &mut self,
         entry: &Entry,
+        cmd: Option<RaftCmd>,
         batch: &mut WriteBatch,
         staged: &mut Staged,
     ) -> EngineResult<EntryResponses> {
-        if entry.data.is_empty() {
-            return Ok(Vec::new()); // a new leader's no-op
-        }
-        let mut cmd = match RaftCmd::decode(entry.get_data()) {
-            Ok(cmd) => cmd,
-            Err(err) => {
-                // Every replica decodes the same bytes, so every replica skips it alike.
-                tracing::error!(region = self.region_id(), index = entry.index, %err, "undecodable command skipped");
-                return Ok(Vec::new());
-            }
+        let Some(mut cmd) = cmd else {
+            return Ok(Vec::new());
         };
         if let Some(admin) = cmd.admin {
             let response = self.apply_admin(entry, cmd.epoch.unwrap_or_default(), admin, batch)?;

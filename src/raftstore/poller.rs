@@ -16,7 +16,8 @@
 //!
 //! Crash points (`fail` crate, `failpoints` feature; `FAILPOINTS=name=panic` makes the node
 //! abort there, see `tests/nemesis.rs`): `raft_before_log_write`, `raft_after_log_write`,
-//! `apply_before_write`, `apply_after_write`, `gc_before_write`.
+//! `apply_early_before_write`, `apply_early_after_write` (leaders' apply before the
+//! raft-log write), `apply_before_write`, `apply_after_write`, `gc_before_write`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -590,9 +591,7 @@ impl Poller {
             }
         }
         if !early_applied.is_empty() {
-            let answered = self.write_applied(early_batch, early_replies, &early_applied)?;
-            metrics::counter!("ringkv_raft_answered_before_log_write_total")
-                .increment(answered as u64);
+            self.write_applied(early_batch, early_replies, &early_applied, Phase::Early)?;
         }
         let mut raft_batch = self.engine.batch();
         let mut staged = Vec::with_capacity(readies.len());
@@ -633,7 +632,7 @@ impl Poller {
                 peer.apply_pending(&mut apply_batch, &mut replies)?;
             }
         }
-        self.write_applied(apply_batch, replies, &advanced)?;
+        self.write_applied(apply_batch, replies, &advanced, Phase::AfterLogWrite)?;
 
         let mut gc_batch = self.engine.batch();
         let mut removed = Vec::new();
@@ -671,22 +670,28 @@ impl Poller {
     }
 
     /// Writes what `regions` applied (not synced: the raft log they were applied from is
-    /// durable), points the router at regions whose shape changed, then answers the clients;
-    /// returns how many were answered.
+    /// durable), points the router at regions whose shape changed, then answers the clients.
     fn write_applied(
         &mut self,
         batch: WriteBatch,
         replies: Vec<(Reply, KvResponse)>,
         regions: &[u64],
-    ) -> Result<usize, EngineError> {
-        fail::fail_point!("apply_before_write");
+        phase: Phase,
+    ) -> Result<(), EngineError> {
+        match phase {
+            Phase::Early => fail::fail_point!("apply_early_before_write"),
+            Phase::AfterLogWrite => fail::fail_point!("apply_before_write"),
+        }
         let started = Instant::now();
         let bytes = batch.size_bytes();
         self.engine.write(batch, false)?;
         metrics::histogram!("ringkv_raft_apply_write_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("ringkv_raft_apply_write_size_bytes").record(bytes as f64);
-        fail::fail_point!("apply_after_write");
+        match phase {
+            Phase::Early => fail::fail_point!("apply_early_after_write"),
+            Phase::AfterLogWrite => fail::fail_point!("apply_after_write"),
+        }
         for region_id in regions {
             if let Some(peer) = self.peers.get_mut(region_id) {
                 if std::mem::take(&mut peer.region_changed) {
@@ -694,12 +699,16 @@ impl Poller {
                 }
             }
         }
-        let acknowledged = replies.len();
+        // Counted before the answers go out, so that a client that got its answer finds it.
+        let answered = replies.len() as u64;
+        metrics::counter!("ringkv_raft_applied_commands_total").increment(answered);
+        if phase == Phase::Early {
+            metrics::counter!("ringkv_raft_answered_before_log_write_total").increment(answered);
+        }
         for (reply, response) in replies {
             let _ = reply.send(response);
         }
-        metrics::counter!("ringkv_raft_applied_commands_total").increment(acknowledged as u64);
-        Ok(acknowledged)
+        Ok(())
     }
 
     fn flush_outbox(&self, outbox: &mut Vec<RaftMessage>) {
@@ -707,6 +716,14 @@ impl Poller {
             self.sender.send(message);
         }
     }
+}
+
+/// Which apply write of a round: leaders' early one, before the raft-log write, or the one
+/// after it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Early,
+    AfterLogWrite,
 }
 
 /// Stops the process after a storage failure. Raft's safety rests on what it was told is

@@ -1174,6 +1174,19 @@ impl Cluster {
         status
     }
 
+    /// Waits until some node exits on its own; its id and exit status.
+    pub async fn wait_any_exit(&self, timeout: Duration) -> (usize, ExitStatus) {
+        let exited = wait_until("a node to exit on its own", timeout, async || {
+            self.nodes
+                .iter()
+                .find_map(|node| Some((node.id, node.exited()?)))
+                .ok_or_else(|| "every node is still running".to_owned())
+        })
+        .await;
+        lock(&self.node(exited.0).process).take();
+        exited
+    }
+
     /// Node `id`'s log so far.
     pub fn log(&self, id: usize) -> String {
         fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
