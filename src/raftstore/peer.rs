@@ -2066,6 +2066,81 @@ mod batching_tests {
         assert_eq!(cmd.request_id, 16);
     }
 
+    /// Entries as a Ready would hand them over: after `last`, in `term`.
+    fn committed_entries(last: u64, term: u64, kinds: &[&str]) -> Vec<Entry> {
+        kinds
+            .iter()
+            .enumerate()
+            .map(|(n, kind)| {
+                let mut entry = Entry::default();
+                entry.index = last + 1 + n as u64;
+                entry.term = term;
+                match *kind {
+                    "conf change" => entry.set_entry_type(EntryType::EntryConfChangeV2),
+                    "admin" => {
+                        let cmd = RaftCmd {
+                            admin: Some(AdminCmd::default()),
+                            ..Default::default()
+                        };
+                        entry.data = Bytes::from(cmd.encode_to_vec());
+                    }
+                    key => {
+                        let cmd = RaftCmd {
+                            ops: vec![put(key, "v")],
+                            ..Default::default()
+                        };
+                        entry.data = Bytes::from(cmd.encode_to_vec());
+                    }
+                }
+                entry
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_early_apply_stops_at_a_membership_change_or_an_admin_command() {
+        for stopper in ["conf change", "admin"] {
+            let mut solo = Solo::new();
+            let applied = solo.peer.raw.store().applied_index();
+            let term = solo.peer.raw.raft.term;
+            let entries = committed_entries(applied, term, &["k1", "k2", stopper, "k3"]);
+            solo.peer.committed.extend(entries);
+            let (mut batch, mut replies) = (solo.engine.batch(), Vec::new());
+            assert!(solo
+                .peer
+                .apply_ready_committed(&mut batch, &mut replies)
+                .expect("early apply"));
+            solo.engine.write(batch, false).expect("apply write");
+            // The writes before it are applied; it and what follows wait for the apply after
+            // the raft-log write (raft must have advanced first).
+            assert_eq!(
+                solo.peer.raw.store().applied_index(),
+                applied + 2,
+                "{stopper}"
+            );
+            let queued: Vec<u64> = solo.peer.committed.iter().map(|e| e.index).collect();
+            assert_eq!(queued, vec![applied + 3, applied + 4], "{stopper}");
+            for (key, expected) in [("k1", true), ("k2", true), ("k3", false)] {
+                let stored = solo
+                    .engine
+                    .get(CF_DEFAULT, &keys::data_key(key.as_bytes()))
+                    .expect("engine read");
+                assert_eq!(stored.is_some(), expected, "{stopper}: {key}");
+            }
+            // Nothing early when the first entry is one.
+            let mut solo = Solo::new();
+            let applied = solo.peer.raw.store().applied_index();
+            let entries = committed_entries(applied, term, &[stopper, "k1"]);
+            solo.peer.committed.extend(entries);
+            let mut batch = solo.engine.batch();
+            assert!(!solo
+                .peer
+                .apply_ready_committed(&mut batch, &mut replies)
+                .expect("early apply"));
+            assert_eq!(solo.peer.committed.len(), 2, "{stopper}");
+        }
+    }
+
     #[test]
     fn the_log_is_compacted_by_size_as_well_as_by_entry_count() {
         let mut solo = Solo::with_config(|cfg| cfg.raft_log_gc_size = 64 << 10);
