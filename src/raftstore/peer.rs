@@ -2072,9 +2072,11 @@ mod batching_tests {
             .iter()
             .enumerate()
             .map(|(n, kind)| {
-                let mut entry = Entry::default();
-                entry.index = last + 1 + n as u64;
-                entry.term = term;
+                let mut entry = Entry {
+                    index: last + 1 + n as u64,
+                    term,
+                    ..Default::default()
+                };
                 match *kind {
                     "conf change" => entry.set_entry_type(EntryType::EntryConfChangeV2),
                     "admin" => {
