@@ -581,15 +581,17 @@ async fn run_scenario_test(scenario: Scenario, seed: u64) {
     run_nemesis(&cluster, &workload, scenario, &mut rng).await;
     let report = finish_round(&cluster, workload, &format!("{scenario:?}")).await;
     eprintln!("{scenario:?} (seed {seed}): {report:?}");
+    assert_sound(&report, &format!("{scenario:?} with seed {seed}"));
+}
+
+/// A round must be linearizable and must have lost no acknowledged write.
+fn assert_sound(report: &RoundReport, context: &str) {
     assert!(
         report.verdict.is_linearizable(),
-        "{scenario:?} with seed {seed}: {}",
+        "{context}: {}",
         report.verdict
     );
-    assert_eq!(
-        report.lost_writes, 0,
-        "{scenario:?} with seed {seed}: acknowledged writes lost"
-    );
+    assert_eq!(report.lost_writes, 0, "{context}: acknowledged writes lost");
 }
 
 #[test]
@@ -689,15 +691,7 @@ fn leader_crash_between_early_answers_and_log_write_loses_nothing() {
         cluster.restart_all_of(&cluster.node_ids()).await;
         workload.wait_progress(30, "after the restart").await;
         let report = finish_round(&cluster, workload, "early-answers").await;
-        assert!(
-            report.verdict.is_linearizable(),
-            "seed {seed}: {}",
-            report.verdict
-        );
-        assert_eq!(
-            report.lost_writes, 0,
-            "seed {seed}: acknowledged writes lost"
-        );
+        assert_sound(&report, &format!("seed {seed}"));
     });
 }
 
@@ -802,15 +796,7 @@ fn crash_points_restart_consistent() {
             crash_at(&cluster, &workload, n % 3 + 1, point, action, &mut rng).await;
         }
         let report = finish_round(&cluster, workload, "crash-points").await;
-        assert!(
-            report.verdict.is_linearizable(),
-            "seed {seed}: {}",
-            report.verdict
-        );
-        assert_eq!(
-            report.lost_writes, 0,
-            "seed {seed}: acknowledged writes lost"
-        );
+        assert_sound(&report, &format!("seed {seed}"));
     });
 }
 

@@ -1095,12 +1095,12 @@ impl PeerFsm {
             self.on_read_state(&state.request_ctx, state.index);
         }
         if ready.snapshot().is_empty() {
-            self.take_ready_committed(ready);
+            self.queue_committed(ready.take_committed_entries());
         }
     }
 
-    fn take_ready_committed(&mut self, ready: &mut Ready) {
-        let committed = ready.take_committed_entries();
+    /// Queues entries raft handed over as committed, for the next apply.
+    fn queue_committed(&mut self, committed: Vec<Entry>) {
         metrics::counter!("ringkv_raft_committed_entries_total").increment(committed.len() as u64);
         self.committed.extend(committed);
     }
@@ -1127,7 +1127,7 @@ impl PeerFsm {
             dirty = true;
         }
         // After a snapshot: its entries follow it.
-        self.take_ready_committed(ready);
+        self.queue_committed(ready.take_committed_entries());
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(ready.entries(), raft_batch)?;
             dirty = true;
@@ -1184,9 +1184,7 @@ impl PeerFsm {
         }
         let messages = light.take_messages();
         self.wrap_messages(messages, outbox);
-        let committed = light.take_committed_entries();
-        metrics::counter!("ringkv_raft_committed_entries_total").increment(committed.len() as u64);
-        self.committed.extend(committed);
+        self.queue_committed(light.take_committed_entries());
     }
 
     /// Phase 2b: stage every committed entry not yet applied into `apply_batch`.
