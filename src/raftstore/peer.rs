@@ -1027,14 +1027,18 @@ impl PeerFsm {
     /// Answers every read whose read index has been applied.
     pub fn serve_reads(&mut self) {
         let applied = self.raw.store().applied_index();
-        while let Some(batch) = self.read_batches.front() {
-            match batch.read_index {
-                Some(index) if index <= applied => {}
-                _ => break,
-            }
-            let Some(batch) = self.read_batches.pop_front() else {
-                break;
-            };
+        let ready = |batch: &ReadBatch| batch.read_index.is_some_and(|index| index <= applied);
+        if !self.read_batches.iter().any(ready) {
+            return;
+        }
+        // Each batch goes as soon as its own read index is applied: reads in flight together
+        // are concurrent, so a batch still waiting for its quorum holds up none behind it.
+        let (served, waiting): (VecDeque<ReadBatch>, VecDeque<ReadBatch>) =
+            std::mem::take(&mut self.read_batches)
+                .into_iter()
+                .partition(ready);
+        self.read_batches = waiting;
+        for batch in served {
             for read in batch.reads {
                 // A split while the read waited may have moved its key to another region,
                 // whose newer writes this region's read index does not cover.

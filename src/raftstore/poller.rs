@@ -593,6 +593,13 @@ impl Poller {
         if !early_applied.is_empty() {
             self.write_applied(early_batch, early_replies, &early_applied, Phase::Early)?;
         }
+        // Reads whose read index is applied now (by the early apply, or already when their
+        // ReadIndex was confirmed in this Ready) need not wait for the log write either.
+        for (region_id, _) in &readies {
+            if let Some(peer) = self.peers.get_mut(region_id) {
+                peer.serve_reads();
+            }
+        }
         let mut raft_batch = self.engine.batch();
         let mut staged = Vec::with_capacity(readies.len());
         for (region_id, mut ready) in readies {

@@ -8,10 +8,14 @@
 //! (`refuses_vote`, enforced here: raft-rs's own check covers only higher-term votes, and a
 //! stale higher-term message of another kind makes a follower forget its leader and grant a
 //! vote at once). So no other leader can be elected before `sent_at` + the window; the lease
-//! ends before that: `sent_at` + 80% of the window. A read is served under the lease only when
-//! everything committed is applied here and the lease holds both before and after the engine
-//! read (a process paused mid-read — SIGSTOP, a long stall — finds its lease gone and falls
-//! back to ReadIndex; `Instant` keeps counting while a process is stopped).
+//! ends before that: `sent_at` + 80% of the window. A read is served under the lease at once
+//! when everything committed is applied here and the lease holds both before and after the
+//! engine read (a process paused mid-read — SIGSTOP, a long stall — finds its lease gone and
+//! falls back to ReadIndex; `Instant` keeps counting while a process is stopped). When the
+//! apply lags, a read that arrives while the lease holds takes this leader's commit index as
+//! its read index — no quorum round needed, as no other leader can have committed anything
+//! (etcd's lease-based ReadIndex) — and waits with the ReadIndex reads for the apply to
+//! reach it.
 //!
 //! What else could break the argument, and how each is closed:
 //! - a voter that restarts forgets it heard from the leader: a store refuses (pre-)votes for
@@ -35,7 +39,8 @@
 //! a whole machine or VM is suspended, so a suspended leader's lease outlives real time: where
 //! hosts may be suspended, run with `--lease-reads false`.
 //!
-//! Everything else about reads — batching, waiting for apply — stays on the ReadIndex path.
+//! Everything else about reads — batching, waiting for apply — is shared with the ReadIndex
+//! path.
 //! `--lease-reads false` turns leases off; the vote refusals stay (other stores' leases may
 //! count on them).
 
@@ -44,7 +49,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::MessageType;
 
 use super::super::read::read_region;
-use super::{PeerFsm, PendingRead};
+use super::{PeerFsm, PendingRead, ReadBatch};
 use crate::value::now_ms;
 
 /// The lease state of one peer.
@@ -99,10 +104,17 @@ impl PeerFsm {
     /// Answers `read` under the lease, or hands it back for the ReadIndex path.
     pub(super) fn try_lease_read(&mut self, read: PendingRead) -> Option<PendingRead> {
         let started = Instant::now();
-        if !self.lease_holds(started)
-            || self.raw.store().applied_index() < self.raw.raft.raft_log.committed
-        {
+        if !self.lease_holds(started) {
             return Some(read);
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        if self.raw.store().applied_index() < committed {
+            // Under the lease no other leader can have committed anything: this leader's
+            // commit index is a read index no quorum needs to confirm (raft thesis 6.4). The
+            // read waits only for the apply to reach it.
+            self.wait_for_apply(read, committed, started);
+            metrics::counter!("ringkv_raft_lease_reads_total").increment(1);
+            return None;
         }
         let response = read_region(&self.engine, self.region(), &read.read, now_ms());
         let finished = Instant::now();
@@ -120,6 +132,25 @@ impl PeerFsm {
         metrics::counter!("ringkv_raft_lease_reads_total").increment(1);
         let _ = read.reply.send(response);
         None
+    }
+
+    /// Queues `read` to be served once `index` is applied, behind the reads queued before it.
+    fn wait_for_apply(&mut self, read: PendingRead, index: u64, at: Instant) {
+        if let Some(last) = self.read_batches.back_mut() {
+            if last.read_index == Some(index) {
+                last.reads.push(read);
+                return;
+            }
+        }
+        let id = self.next_read_batch_id;
+        self.next_read_batch_id += 1;
+        self.read_batches.push_back(ReadBatch {
+            id,
+            read_index: Some(index),
+            sent_at: at,
+            term: self.raw.raft.term,
+            reads: vec![read],
+        });
     }
 
     /// A ReadIndex issued at `sent_at` in `term` was confirmed by a quorum.
