@@ -1940,6 +1940,7 @@ mod batching_tests {
         fn rounds(&mut self) {
             for _ in 0..16 {
                 self.peer.flush_proposals();
+                self.peer.flush_reads();
                 if !self.peer.raw.has_ready() {
                     return;
                 }
@@ -1982,6 +1983,18 @@ mod batching_tests {
                 epoch: None,
                 ops,
                 conditions,
+                reply,
+            });
+            answer
+        }
+    }
+
+    impl Solo {
+        fn read(&mut self, key: &str) -> oneshot::Receiver<KvResponse> {
+            let (reply, answer) = oneshot::channel();
+            self.peer.handle_command(Command::Read {
+                request_id: 0,
+                read: ReadOp::Get(Bytes::copy_from_slice(key.as_bytes())),
                 reply,
             });
             answer
@@ -2143,6 +2156,56 @@ mod batching_tests {
                 .expect("early apply"));
             assert_eq!(solo.peer.committed.len(), 2, "{stopper}");
         }
+    }
+
+    #[test]
+    fn a_lease_read_behind_the_apply_waits_for_it_without_a_read_index() {
+        // Long ticks: the lease (80% of 9 s) cannot run out during the test.
+        let mut solo = Solo::with_config(|cfg| cfg.raft_tick_ms = 1000);
+        let first = solo.read("k");
+        solo.rounds(); // its ReadIndex (confirmed at once by the single voter) takes the lease
+        assert_eq!(answer(first), msg::get_result(None));
+
+        // A write committed but not applied yet.
+        let written = solo.write(1, vec![put("k", "v")], vec![]);
+        solo.peer.flush_proposals();
+        let (mut raft_batch, mut outbox) = (solo.engine.batch(), Vec::new());
+        let mut ready = solo.peer.raw.ready();
+        solo.peer.take_ready_messages(&mut ready, &mut outbox);
+        let snapshot = solo
+            .peer
+            .handle_ready_persist(&mut ready, &mut raft_batch)
+            .expect("persist");
+        solo.engine.write(raft_batch, true).expect("log write");
+        solo.peer.advance_persisted(ready, snapshot, &mut outbox);
+        let committed = solo.peer.raw.raft.raft_log.committed;
+        assert!(solo.peer.raw.store().applied_index() < committed);
+
+        let mut read = solo.read("k");
+        assert!(
+            solo.peer.new_reads.is_empty(),
+            "no ReadIndex under the lease"
+        );
+        let waiting = solo.peer.read_batches.back().and_then(|b| b.read_index);
+        assert_eq!(
+            waiting,
+            Some(committed),
+            "the commit index is its read index"
+        );
+        assert!(read.try_recv().is_err(), "not answered before the apply");
+
+        let (mut apply_batch, mut gc_batch, mut replies) =
+            (solo.engine.batch(), solo.engine.batch(), Vec::new());
+        solo.peer
+            .apply_pending(&mut apply_batch, &mut replies)
+            .expect("apply");
+        solo.engine.write(apply_batch, false).expect("apply write");
+        solo.peer.after_apply(&mut gc_batch).expect("serve");
+        for (reply, response) in replies {
+            let _ = reply.send(response);
+        }
+        assert_eq!(answer(written), msg::done());
+        assert_eq!(answer(read), msg::get_result(Some(b"v".to_vec())));
     }
 
     #[test]
