@@ -113,6 +113,7 @@ impl PeerFsm {
             // commit index is a read index no quorum needs to confirm (raft thesis 6.4). The
             // read waits only for the apply to reach it.
             self.wait_for_apply(read, committed, started);
+            self.ask_renewal_if_half_gone(started);
             metrics::counter!("ringkv_raft_lease_reads_total").increment(1);
             return None;
         }
@@ -121,20 +122,25 @@ impl PeerFsm {
         if !self.lease_holds(finished) {
             return Some(read);
         }
-        if let Some(until) = self.lease.until {
-            // Renew in the background once half of it is gone, so a steady stream of reads
-            // never waits for a ReadIndex.
-            if until.saturating_duration_since(finished) < self.lease.granted / 2 {
-                self.lease.renew = true;
-            }
-        }
+        self.ask_renewal_if_half_gone(finished);
         self.read_keys += read.read.keys().len().max(1) as u64;
         metrics::counter!("ringkv_raft_lease_reads_total").increment(1);
         let _ = read.reply.send(response);
         None
     }
 
-    /// Queues `read` to be served once `index` is applied, behind the reads queued before it.
+    /// Renew in the background once half of the lease is gone, so a steady stream of reads
+    /// never waits for a ReadIndex.
+    fn ask_renewal_if_half_gone(&mut self, now: Instant) {
+        if let Some(until) = self.lease.until {
+            if until.saturating_duration_since(now) < self.lease.granted / 2 {
+                self.lease.renew = true;
+            }
+        }
+    }
+
+    /// Queues `read` to be served once `index` is applied (with the reads waiting for the
+    /// same index, if the last batch does).
     fn wait_for_apply(&mut self, read: PendingRead, index: u64, at: Instant) {
         if let Some(last) = self.read_batches.back_mut() {
             if last.read_index == Some(index) {
