@@ -1944,31 +1944,40 @@ mod batching_tests {
                 if !self.peer.raw.has_ready() {
                     return;
                 }
-                let (mut raft_batch, mut apply_batch, mut gc_batch) = (
-                    self.engine.batch(),
-                    self.engine.batch(),
-                    self.engine.batch(),
-                );
-                let (mut outbox, mut replies) = (Vec::new(), Vec::new());
-                let mut ready = self.peer.raw.ready();
-                self.peer.take_ready_messages(&mut ready, &mut outbox);
-                let snapshot = self
-                    .peer
-                    .handle_ready_persist(&mut ready, &mut raft_batch)
-                    .expect("persist");
-                self.engine.write(raft_batch, true).expect("log write");
-                self.peer.advance_persisted(ready, snapshot, &mut outbox);
-                self.peer
-                    .apply_pending(&mut apply_batch, &mut replies)
-                    .expect("apply");
-                self.engine.write(apply_batch, false).expect("apply write");
-                self.peer.after_apply(&mut gc_batch).expect("gc");
-                self.engine.write(gc_batch, false).expect("gc write");
-                for (reply, response) in replies {
-                    let _ = reply.send(response);
-                }
+                self.persist();
+                self.apply();
             }
             panic!("raft kept producing readies");
+        }
+
+        /// Takes the Ready, writes it synced and advances raft past it: what it committed is
+        /// queued for the apply.
+        fn persist(&mut self) {
+            let (mut raft_batch, mut outbox) = (self.engine.batch(), Vec::new());
+            let mut ready = self.peer.raw.ready();
+            self.peer.take_ready_messages(&mut ready, &mut outbox);
+            let snapshot = self
+                .peer
+                .handle_ready_persist(&mut ready, &mut raft_batch)
+                .expect("persist");
+            self.engine.write(raft_batch, true).expect("log write");
+            self.peer.advance_persisted(ready, snapshot, &mut outbox);
+        }
+
+        /// Applies what is queued, serves the reads it unblocks, compacts the log; sends
+        /// every reply.
+        fn apply(&mut self) {
+            let (mut apply_batch, mut gc_batch) = (self.engine.batch(), self.engine.batch());
+            let mut replies = Vec::new();
+            self.peer
+                .apply_pending(&mut apply_batch, &mut replies)
+                .expect("apply");
+            self.engine.write(apply_batch, false).expect("apply write");
+            self.peer.after_apply(&mut gc_batch).expect("gc");
+            self.engine.write(gc_batch, false).expect("gc write");
+            for (reply, response) in replies {
+                let _ = reply.send(response);
+            }
         }
 
         fn write(
@@ -2169,15 +2178,7 @@ mod batching_tests {
         // A write committed but not applied yet.
         let written = solo.write(1, vec![put("k", "v")], vec![]);
         solo.peer.flush_proposals();
-        let (mut raft_batch, mut outbox) = (solo.engine.batch(), Vec::new());
-        let mut ready = solo.peer.raw.ready();
-        solo.peer.take_ready_messages(&mut ready, &mut outbox);
-        let snapshot = solo
-            .peer
-            .handle_ready_persist(&mut ready, &mut raft_batch)
-            .expect("persist");
-        solo.engine.write(raft_batch, true).expect("log write");
-        solo.peer.advance_persisted(ready, snapshot, &mut outbox);
+        solo.persist();
         let committed = solo.peer.raw.raft.raft_log.committed;
         assert!(solo.peer.raw.store().applied_index() < committed);
 
@@ -2194,16 +2195,7 @@ mod batching_tests {
         );
         assert!(read.try_recv().is_err(), "not answered before the apply");
 
-        let (mut apply_batch, mut gc_batch, mut replies) =
-            (solo.engine.batch(), solo.engine.batch(), Vec::new());
-        solo.peer
-            .apply_pending(&mut apply_batch, &mut replies)
-            .expect("apply");
-        solo.engine.write(apply_batch, false).expect("apply write");
-        solo.peer.after_apply(&mut gc_batch).expect("serve");
-        for (reply, response) in replies {
-            let _ = reply.send(response);
-        }
+        solo.apply();
         assert_eq!(answer(written), msg::done());
         assert_eq!(answer(read), msg::get_result(Some(b"v".to_vec())));
     }

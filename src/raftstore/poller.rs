@@ -612,12 +612,7 @@ impl Poller {
         let readies = staged;
         fail::fail_point!("raft_before_log_write");
         if !raft_batch.is_empty() {
-            let started = Instant::now();
-            let bytes = raft_batch.size_bytes();
-            self.engine.write(raft_batch, true)?;
-            metrics::histogram!("ringkv_raft_log_write_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("ringkv_raft_log_write_size_bytes").record(bytes as f64);
+            self.write_timed(raft_batch, true, &LOG_WRITE)?;
             metrics::counter!("ringkv_raft_log_fsync_total").increment(1);
         }
         fail::fail_point!("raft_after_log_write");
@@ -689,12 +684,7 @@ impl Poller {
             Phase::Early => fail::fail_point!("apply_early_before_write"),
             Phase::AfterLogWrite => fail::fail_point!("apply_before_write"),
         }
-        let started = Instant::now();
-        let bytes = batch.size_bytes();
-        self.engine.write(batch, false)?;
-        metrics::histogram!("ringkv_raft_apply_write_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("ringkv_raft_apply_write_size_bytes").record(bytes as f64);
+        self.write_timed(batch, false, &APPLY_WRITE)?;
         match phase {
             Phase::Early => fail::fail_point!("apply_early_after_write"),
             Phase::AfterLogWrite => fail::fail_point!("apply_after_write"),
@@ -718,12 +708,43 @@ impl Poller {
         Ok(())
     }
 
+    /// Writes `batch`, recording its duration and size in `histograms`.
+    fn write_timed(
+        &self,
+        batch: WriteBatch,
+        sync: bool,
+        histograms: &WriteHistograms,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let bytes = batch.size_bytes();
+        self.engine.write(batch, sync)?;
+        metrics::histogram!(histograms.duration).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(histograms.size).record(bytes as f64);
+        Ok(())
+    }
+
     fn flush_outbox(&self, outbox: &mut Vec<RaftMessage>) {
         for message in outbox.drain(..) {
             self.sender.send(message);
         }
     }
 }
+
+/// The histograms of one kind of write (METRICS.md).
+struct WriteHistograms {
+    duration: &'static str,
+    size: &'static str,
+}
+
+const LOG_WRITE: WriteHistograms = WriteHistograms {
+    duration: "ringkv_raft_log_write_duration_seconds",
+    size: "ringkv_raft_log_write_size_bytes",
+};
+
+const APPLY_WRITE: WriteHistograms = WriteHistograms {
+    duration: "ringkv_raft_apply_write_duration_seconds",
+    size: "ringkv_raft_apply_write_size_bytes",
+};
 
 /// Which apply write of a round: leaders' early one, before the raft-log write, or the one
 /// after it.
