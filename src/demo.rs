@@ -60,6 +60,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             heartbeat_ticks: 2,
             raft_log_gc_threshold: 1024,
             raft_log_gc_size: 64 << 20,
+            engine: Default::default(),
             pollers: 1,
             hibernate_regions: true,
             lease_reads: true,

@@ -159,6 +159,10 @@ struct NodeArgs {
     /// compacted, whatever the entry count.
     #[arg(long, default_value_t = 64)]
     raft_log_gc_size_mb: u64,
+    /// MiB of one user-data memtable. Smaller makes writes cheaper (user keys are
+    /// hash-ordered: each insert searches the whole memtable) and flushes more often.
+    #[arg(long, default_value_t = ringkv::engine::DEFAULT_DATA_MEMTABLE_BYTES >> 20)]
+    data_memtable_mb: usize,
     /// Raft poller threads.
     #[arg(long, default_value_t = 1)]
     pollers: usize,
@@ -311,6 +315,9 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         raft_log_gc_threshold: args.raft_log_gc_threshold.max(1),
         raft_log_gc_size: args.raft_log_gc_size_mb.max(1) << 20,
         pollers: args.pollers.max(1),
+        engine: ringkv::engine::EngineOptions {
+            data_memtable_bytes: args.data_memtable_mb.max(1) << 20,
+        },
         hibernate_regions: args.hibernate_regions,
         lease_reads: args.lease_reads,
         reserve_space_bytes: args.reserve_space_bytes,

@@ -96,17 +96,42 @@ pub struct EngineStats {
     pub unsynced_writes: AtomicU64,
 }
 
+/// How the engine is tuned. `Default` is what a node runs with unless told otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOptions {
+    /// Size of one user-data memtable. User data keys are hash-ordered, so every insert
+    /// searches the whole skip list from its top: each doubling of the memtable adds a level
+    /// and, past the CPU caches, a miss per level. Smaller memtables flush more often; 16 MiB
+    /// measured 9–18% more writes/s than RocksDB's 64 MiB default (benches/README.md).
+    pub data_memtable_bytes: usize,
+}
+
+/// The default size of a user-data memtable (see [`EngineOptions::data_memtable_bytes`]).
+pub const DEFAULT_DATA_MEMTABLE_BYTES: usize = 16 << 20;
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            data_memtable_bytes: DEFAULT_DATA_MEMTABLE_BYTES,
+        }
+    }
+}
+
 /// A column family's options. Raft-log keys (`region_id ++ index`) arrive in order per
 /// region and per-region state keys are rewritten every round: a memtable insert hint keyed
 /// by that prefix makes those inserts start where the last one of the region ended, instead
-/// of searching the skip list from the top (TiKV does the same for its raft CF).
-fn cf_options(name: &str) -> Result<Options> {
+/// of searching the skip list from the top (TiKV does the same for its raft CF). User data
+/// keys (hash-ordered) cannot use a hint; their memtable is kept small instead.
+fn cf_options(name: &str, tuning: &EngineOptions) -> Result<Options> {
     let mut base = Options::default();
     base.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let hint_prefix = match name {
         CF_RAFT => 8,
         CF_META => 9,
-        _ => return Ok(base),
+        _ => {
+            base.set_write_buffer_size(tuning.data_memtable_bytes);
+            return Ok(base);
+        }
     };
     Ok(base.get_options_from_string(format!(
         "compression=kLZ4Compression;\
@@ -115,15 +140,21 @@ fn cf_options(name: &str) -> Result<Options> {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the RocksDB at `path` with ringkv's column families.
+    /// Opens (creating if needed) the RocksDB at `path` with ringkv's column families,
+    /// tuned by default.
     pub fn open(path: &Path) -> Result<Engine> {
+        Engine::open_with(path, &EngineOptions::default())
+    }
+
+    /// Opens (creating if needed) the RocksDB at `path` with ringkv's column families.
+    pub fn open_with(path: &Path, tuning: &EngineOptions) -> Result<Engine> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut cfs = Vec::with_capacity(ALL_CFS.len());
         for name in ALL_CFS {
-            cfs.push(ColumnFamilyDescriptor::new(name, cf_options(name)?));
+            cfs.push(ColumnFamilyDescriptor::new(name, cf_options(name, tuning)?));
         }
         let db = rocksdb::DB::open_cf_descriptors(&options, path, cfs)?;
         let engine = Engine {
@@ -470,6 +501,59 @@ pub struct RegionDataStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The options RocksDB persisted for `cf` (its newest OPTIONS file), as `key=value` lines.
+    fn persisted_cf_options(dir: &Path, cf: &str) -> Vec<String> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("db dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|name| name.starts_with("OPTIONS-"))
+            .collect();
+        files.sort();
+        let newest = files.last().expect("an OPTIONS file");
+        let text = std::fs::read_to_string(dir.join(newest)).expect("OPTIONS file");
+        let header = format!("[CFOptions \"{cf}\"]");
+        text.lines()
+            .skip_while(|line| line.trim() != header)
+            .skip(1)
+            .take_while(|line| !line.trim_start().starts_with('['))
+            .map(|line| line.trim().replace(' ', ""))
+            .collect()
+    }
+
+    #[test]
+    fn the_user_data_memtable_is_sized_as_configured_and_the_others_keep_their_hint() -> Result<()>
+    {
+        let dir = tempfile::tempdir().map_err(|e| EngineError::Corruption(e.to_string()))?;
+        let tuning = EngineOptions {
+            data_memtable_bytes: 3 << 20,
+        };
+        drop(Engine::open_with(dir.path(), &tuning)?);
+        let data = persisted_cf_options(dir.path(), CF_DEFAULT);
+        assert!(
+            data.contains(&format!("write_buffer_size={}", 3 << 20)),
+            "{data:?}"
+        );
+        let raft = persisted_cf_options(dir.path(), CF_RAFT);
+        assert!(
+            raft.contains(&format!("write_buffer_size={}", 64 << 20)),
+            "{raft:?}"
+        );
+        assert!(
+            raft.iter().any(
+                |l| l.starts_with("memtable_insert_with_hint_prefix_extractor=")
+                    && l.contains("rocksdb.FixedPrefix.8")
+            ),
+            "{raft:?}"
+        );
+        drop(Engine::open(dir.path())?);
+        let data = persisted_cf_options(dir.path(), CF_DEFAULT);
+        assert!(
+            data.contains(&format!("write_buffer_size={DEFAULT_DATA_MEMTABLE_BYTES}")),
+            "{data:?}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn data_dirs_of_another_format_are_refused() -> Result<()> {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineOptions};
 use crate::proto::raft_serverpb::RaftMessage;
 use crate::raftstore::{PeerMsg, RaftSender, RaftStore, Router, StoreConfig};
 use crate::region::static_bootstrap_regions;
@@ -81,6 +81,8 @@ pub struct NodeConfig {
     /// Bytes of raft log a region keeps before compacting, whatever the entry count.
     pub raft_log_gc_size: u64,
     pub pollers: usize,
+    /// How the node's RocksDB is tuned.
+    pub engine: EngineOptions,
     /// Idle regions stop ticking until traffic wakes them.
     pub hibernate_regions: bool,
     /// Leaders answer linearizable reads under a quorum-confirmed lease.
@@ -298,10 +300,11 @@ impl Node {
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_dir_error)?;
         let db_path = cfg.data_dir.join("db");
-        let engine = Engine::open(&db_path).map_err(|source| NodeError::Engine {
-            path: db_path.display().to_string(),
-            source,
-        })?;
+        let engine =
+            Engine::open_with(&db_path, &cfg.engine).map_err(|source| NodeError::Engine {
+                path: db_path.display().to_string(),
+                source,
+            })?;
         let snap_dir = cfg.data_dir.join("snap");
 
         // Who we are, whom we know, and which regions a new cluster starts with.
