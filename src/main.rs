@@ -163,6 +163,10 @@ struct NodeArgs {
     /// hash-ordered: each insert searches the whole memtable) and flushes more often.
     #[arg(long, default_value_t = ringkv::engine::DEFAULT_DATA_MEMTABLE_BYTES >> 20)]
     data_memtable_mb: usize,
+    /// MiB the RocksDB write-ahead log may grow to before the column families holding its
+    /// oldest file are flushed: bounds the replay at restart.
+    #[arg(long, default_value_t = ringkv::engine::DEFAULT_MAX_WAL_BYTES >> 20)]
+    max_wal_mb: u64,
     /// Raft poller threads.
     #[arg(long, default_value_t = 1)]
     pollers: usize,
@@ -317,6 +321,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         pollers: args.pollers.max(1),
         engine: ringkv::engine::EngineOptions {
             data_memtable_bytes: args.data_memtable_mb.max(1) << 20,
+            max_wal_bytes: args.max_wal_mb.max(1) << 20,
         },
         hibernate_regions: args.hibernate_regions,
         lease_reads: args.lease_reads,

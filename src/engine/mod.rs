@@ -104,15 +104,24 @@ pub struct EngineOptions {
     /// and, past the CPU caches, a miss per level. Smaller memtables flush more often; 16 MiB
     /// measured 9–18% more writes/s than RocksDB's 64 MiB default (benches/README.md).
     pub data_memtable_bytes: usize,
+    /// The WAL is kept under this size by flushing the column families that hold its oldest
+    /// file: it bounds replay at restart and lets WAL files be recycled.
+    pub max_wal_bytes: u64,
 }
+
+/// WAL files kept for reuse instead of deleted (see `Engine::open_with`).
+const RECYCLED_WAL_FILES: usize = 4;
 
 /// The default size of a user-data memtable (see [`EngineOptions::data_memtable_bytes`]).
 pub const DEFAULT_DATA_MEMTABLE_BYTES: usize = 16 << 20;
+/// The default bound on the WAL (see [`EngineOptions::max_wal_bytes`]).
+pub const DEFAULT_MAX_WAL_BYTES: u64 = 64 << 20;
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             data_memtable_bytes: DEFAULT_DATA_MEMTABLE_BYTES,
+            max_wal_bytes: DEFAULT_MAX_WAL_BYTES,
         }
     }
 }
@@ -151,6 +160,16 @@ impl Engine {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
+        // A synced append that grows the WAL file must also write its inode (the new size);
+        // a recycled WAL is overwritten in place and syncs its data alone: one device write
+        // per fsync instead of two. Recycled records carry their log number, so recovery
+        // (point-in-time, RocksDB's default) stops at the first stale one.
+        options.set_recycle_log_file_num(RECYCLED_WAL_FILES);
+        // WAL files retire (and can be recycled) only once every column family they hold
+        // was flushed; the raft and meta memtables rarely fill, so under RocksDB's default
+        // bound (~1.1 GiB here) the WAL only grew (270 MB after 30 s of writes), and a
+        // restart replayed all of it.
+        options.set_max_total_wal_size(tuning.max_wal_bytes);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut cfs = Vec::with_capacity(ALL_CFS.len());
         for name in ALL_CFS {
@@ -502,8 +521,9 @@ pub struct RegionDataStats {
 mod tests {
     use super::*;
 
-    /// The options RocksDB persisted for `cf` (its newest OPTIONS file), as `key=value` lines.
-    fn persisted_cf_options(dir: &Path, cf: &str) -> Vec<String> {
+    /// The options RocksDB persisted in `section` of its newest OPTIONS file (`DBOptions`,
+    /// `CFOptions "default"`, ...), as `key=value` lines.
+    fn persisted_options(dir: &Path, section: &str) -> Vec<String> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .expect("db dir")
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -512,7 +532,7 @@ mod tests {
         files.sort();
         let newest = files.last().expect("an OPTIONS file");
         let text = std::fs::read_to_string(dir.join(newest)).expect("OPTIONS file");
-        let header = format!("[CFOptions \"{cf}\"]");
+        let header = format!("[{section}]");
         text.lines()
             .skip_while(|line| line.trim() != header)
             .skip(1)
@@ -522,19 +542,28 @@ mod tests {
     }
 
     #[test]
-    fn the_user_data_memtable_is_sized_as_configured_and_the_others_keep_their_hint() -> Result<()>
-    {
+    fn the_engine_is_tuned_as_configured() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| EngineError::Corruption(e.to_string()))?;
         let tuning = EngineOptions {
             data_memtable_bytes: 3 << 20,
+            max_wal_bytes: 5 << 20,
         };
         drop(Engine::open_with(dir.path(), &tuning)?);
-        let data = persisted_cf_options(dir.path(), CF_DEFAULT);
+        let db = persisted_options(dir.path(), "DBOptions");
+        assert!(
+            db.contains(&format!("max_total_wal_size={}", 5 << 20)),
+            "{db:?}"
+        );
+        assert!(
+            db.contains(&format!("recycle_log_file_num={RECYCLED_WAL_FILES}")),
+            "{db:?}"
+        );
+        let data = persisted_options(dir.path(), "CFOptions \"default\"");
         assert!(
             data.contains(&format!("write_buffer_size={}", 3 << 20)),
             "{data:?}"
         );
-        let raft = persisted_cf_options(dir.path(), CF_RAFT);
+        let raft = persisted_options(dir.path(), "CFOptions \"raft\"");
         assert!(
             raft.contains(&format!("write_buffer_size={}", 64 << 20)),
             "{raft:?}"
@@ -547,7 +576,12 @@ mod tests {
             "{raft:?}"
         );
         drop(Engine::open(dir.path())?);
-        let data = persisted_cf_options(dir.path(), CF_DEFAULT);
+        let db = persisted_options(dir.path(), "DBOptions");
+        assert!(
+            db.contains(&format!("max_total_wal_size={DEFAULT_MAX_WAL_BYTES}")),
+            "{db:?}"
+        );
+        let data = persisted_options(dir.path(), "CFOptions \"default\"");
         assert!(
             data.contains(&format!("write_buffer_size={DEFAULT_DATA_MEMTABLE_BYTES}")),
             "{data:?}"
@@ -597,6 +631,73 @@ mod tests {
             Engine::open(dir.path()),
             Err(EngineError::IncompatibleFormat(_))
         ));
+        Ok(())
+    }
+
+    /// Writes `rounds` synced batches (a user value and a raft-log-like key each), values
+    /// tagged with `tag`.
+    fn write_rounds(engine: &Engine, rounds: std::ops::Range<u64>, tag: u8) -> Result<()> {
+        for i in rounds {
+            let mut batch = engine.batch();
+            let value = vec![tag; 16 << 10];
+            let key = format!("key-{}", i % 97);
+            batch.put(
+                engine,
+                CF_DEFAULT,
+                &keys::data_key(key.as_bytes()),
+                &crate::value::encode(&value, 0),
+            )?;
+            batch.put(engine, CF_RAFT, &keys::raft_log_key(1, i), &value)?;
+            engine.write(batch, true)?;
+        }
+        Ok(())
+    }
+
+    fn reused_wal_files(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("LOG"))
+            .map(|log| log.matches("from recycle list").count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_reopened_engine_replays_recycled_wal_files_to_their_last_write() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EngineError::Corruption(e.to_string()))?;
+        let tuning = EngineOptions {
+            data_memtable_bytes: 1 << 20,
+            max_wal_bytes: 1 << 20,
+        };
+        // Enough WAL turnover that retired WAL files are reused (flushes run in the
+        // background: keep writing until the LOG says a WAL was reused, with a bound).
+        let mut engine = Engine::open_with(dir.path(), &tuning)?;
+        let mut written = 0;
+        while reused_wal_files(dir.path()) < 2 {
+            assert!(
+                written < 2_000,
+                "no WAL file was recycled after {written} writes"
+            );
+            write_rounds(&engine, written..written + 100, 1)?;
+            written += 100;
+        }
+        // A recycled file holds stale records past the new ones: reopening (WAL replay,
+        // nothing flushed at close) must stop at the last write, then writing must go on.
+        for tag in [2, 3] {
+            write_rounds(&engine, written..written + 150, tag)?;
+            written += 150;
+            drop(engine);
+            let reopened = Engine::open_with(dir.path(), &tuning)?;
+            for i in written - 97..written {
+                let key = format!("key-{}", i % 97);
+                let value = reopened.get_user_value(key.as_bytes(), 0)?;
+                assert_eq!(value, Some(vec![tag; 16 << 10]), "{key} after reopening");
+            }
+            let last = reopened.get(CF_RAFT, &keys::raft_log_key(1, written - 1))?;
+            assert_eq!(last, Some(vec![tag; 16 << 10]));
+            assert_eq!(
+                reopened.get(CF_RAFT, &keys::raft_log_key(1, written))?,
+                None
+            );
+            engine = reopened;
+        }
         Ok(())
     }
 
