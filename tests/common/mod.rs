@@ -1174,6 +1174,15 @@ impl Cluster {
         status
     }
 
+    /// If node `id` has exited on its own, reaps it and returns how it ended; `None` while it
+    /// runs. For tests where several nodes may legitimately stop at the same crash point.
+    pub fn reap_if_exited(&self, id: usize) -> Option<ExitStatus> {
+        let node = self.node(id);
+        let status = node.exited()?;
+        lock(&node.process).take();
+        Some(status)
+    }
+
     /// Waits until some node exits on its own; its id and exit status.
     pub async fn wait_any_exit(&self, timeout: Duration) -> (usize, ExitStatus) {
         let exited = wait_until("a node to exit on its own", timeout, async || {
