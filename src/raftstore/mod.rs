@@ -211,6 +211,8 @@ impl RaftStore {
             peers_by_poller[router.poller_of(region.id)].insert(region.id, fsm);
             router.update_region(region);
         }
+        // Started from the node's runtime, the pollers hand their answers to it in batches.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut handles = Vec::with_capacity(pollers);
         for (index, (peers, mailbox)) in peers_by_poller.into_iter().zip(receivers).enumerate() {
             let poller = poller::Poller {
@@ -226,6 +228,7 @@ impl RaftStore {
                 ticks: 0,
                 known_stores: Vec::new(),
                 awake: std::collections::HashSet::new(),
+                runtime: runtime.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("raft-poller-{}-{index}", cfg.store_id))

@@ -58,6 +58,9 @@ pub struct Poller {
     pub known_stores: Vec<u64>,
     /// Peers that tick (not hibernating).
     pub awake: HashSet<u64>,
+    /// The async runtime serving this store's clients, when there is one: a round's write
+    /// answers go to it as one task (see `answer`).
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Ticks between refreshes of `known_stores`.
@@ -702,10 +705,29 @@ impl Poller {
         if phase == Phase::Early {
             metrics::counter!("ringkv_raft_answered_before_log_write_total").increment(answered);
         }
-        for (reply, response) in replies {
-            let _ = reply.send(response);
-        }
+        self.answer(replies);
         Ok(())
+    }
+
+    /// Sends a round's answers. Sent from this thread, each answer that finds the runtime's
+    /// worker parked wakes it on its own (an eventfd write, a cross-thread wake-up); sent from
+    /// one task on the runtime, they wake the worker once and the requests they finish are
+    /// scheduled locally.
+    fn answer(&self, replies: Vec<(Reply, KvResponse)>) {
+        match &self.runtime {
+            Some(runtime) if replies.len() > 1 => {
+                runtime.spawn(async move {
+                    for (reply, response) in replies {
+                        let _ = reply.send(response);
+                    }
+                });
+            }
+            _ => {
+                for (reply, response) in replies {
+                    let _ = reply.send(response);
+                }
+            }
+        }
     }
 
     /// Writes `batch`, recording its duration and size in `histograms`.
