@@ -673,29 +673,23 @@ fn leader_crash_between_early_answers_and_log_write_loses_nothing() {
         let cluster = Cluster::start(3, cluster_options(failpoints)).await;
         cluster.wait_ready().await;
         let workload = Workload::start(&cluster, "early", seed).await;
+        let stopped_there = |id: usize, exit: std::process::ExitStatus| {
+            let log = cluster.log(id);
+            assert!(
+                !exit.success() && log.contains("apply_early_after_write"),
+                "node {id} exited ({exit}) but not at the crash point; log tail:\n{}",
+                &log[log.len().saturating_sub(3000)..]
+            );
+            eprintln!("node {id} crashed after answering early ({exit})");
+        };
         let (crashed, exit) = cluster.wait_any_exit(PROGRESS_TIMEOUT).await;
-        assert!(!exit.success(), "node {crashed} exited cleanly");
-        let log = cluster.log(crashed);
-        assert!(
-            log.contains("apply_early_after_write"),
-            "node {crashed} did not stop at the crash point; log tail:\n{}",
-            &log[log.len().saturating_sub(3000)..]
-        );
-        eprintln!("node {crashed} crashed after answering early ({exit})");
+        stopped_there(crashed, exit);
         for id in cluster.node_ids() {
             if id != crashed {
                 // Each region has its own leader, so another node may have passed the armed
                 // point too (it leads some other region) and died there on its own.
                 match cluster.reap_if_exited(id) {
-                    Some(exit) => {
-                        let log = cluster.log(id);
-                        assert!(
-                            log.contains("apply_early_after_write"),
-                            "node {id} exited ({exit}) but not at the crash point; log tail:\n{}",
-                            &log[log.len().saturating_sub(3000)..]
-                        );
-                        eprintln!("node {id} also crashed after answering early ({exit})");
-                    }
+                    Some(exit) => stopped_there(id, exit),
                     None => cluster.kill(id),
                 }
             }
