@@ -64,6 +64,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             pollers: 1,
             hibernate_regions: true,
             lease_reads: true,
+            raft_sync_interval: crate::raftstore::DEFAULT_RAFT_SYNC_INTERVAL,
             reserve_space_bytes: crate::server::DEFAULT_RESERVE_SPACE_BYTES,
             split: SplitPolicy {
                 size_bytes: DEFAULT_REGION_SPLIT_SIZE,

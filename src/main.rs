@@ -185,6 +185,11 @@ struct NodeArgs {
     /// after it starts.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     lease_reads: bool,
+    /// Microseconds between raft-log fsyncs while writes keep coming (group commit across
+    /// rounds: one fsync covers every write of the interval, on every region). A write after
+    /// a quiet spell is synced at once; 0 syncs every poller round.
+    #[arg(long, default_value_t = ringkv::raftstore::DEFAULT_RAFT_SYNC_INTERVAL.as_micros() as u64)]
+    raft_sync_interval_us: u64,
     /// Refuse client writes (HTTP 507 disk_full) while the data dir's file system has less
     /// free space than this; they resume once space is freed. 0 = never refuse.
     #[arg(long, default_value_t = ringkv::server::DEFAULT_RESERVE_SPACE_BYTES)]
@@ -325,6 +330,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         hibernate_regions: args.hibernate_regions,
         lease_reads: args.lease_reads,
+        raft_sync_interval: std::time::Duration::from_micros(args.raft_sync_interval_us),
         reserve_space_bytes: args.reserve_space_bytes,
         split: ringkv::server::SplitPolicy {
             size_bytes: args.region_split_size_bytes,

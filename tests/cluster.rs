@@ -1088,3 +1088,80 @@ fn concurrent_cas_increments_are_exact() {
         );
     });
 }
+
+const LOG_FSYNCS: &str = "ringkv_raft_log_fsync_total";
+
+/// Group commit across rounds: while writes keep coming, a node fsyncs its raft log at most
+/// once per `--raft-sync-interval-us` (one fsync covers the writes of many rounds, on every
+/// region), and every write is still acknowledged and lands. The interval is stretched to
+/// 100 ms so that the bound is far from what one fsync per round would give.
+#[test]
+fn writes_keep_landing_with_at_most_one_log_fsync_per_sync_interval() {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const CLIENTS: usize = 8;
+    const WRITES_PER_CLIENT: usize = 15;
+    run_serially(async {
+        let cluster = Cluster::start(
+            3,
+            ClusterOptions {
+                initial_regions: Some(4),
+                node_args: vec![
+                    "--raft-sync-interval-us".into(),
+                    INTERVAL.as_micros().to_string(),
+                ],
+                ..options()
+            },
+        )
+        .await;
+        cluster.wait_ready().await;
+        let nodes = cluster.node_ids();
+        let fsyncs = || async {
+            let mut per_node = Vec::new();
+            for &id in &nodes {
+                let metrics = cluster.request(id, Method::GET, "/metrics", None).await;
+                let metrics = metrics.unwrap_or_else(|e| panic!("metrics of node {id}: {e}"));
+                per_node.push(counter_value(&metrics.text(), LOG_FSYNCS));
+            }
+            per_node
+        };
+
+        let started = Instant::now();
+        let before = fsyncs().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for client_number in 0..CLIENTS {
+            let client = cluster.client(nodes[client_number % nodes.len()]);
+            tasks.spawn(async move {
+                let mut written = Vec::new();
+                for n in 0..WRITES_PER_CLIENT {
+                    let key = format!("grouped-{client_number}-{n:02}");
+                    client.must_put(&key, key.as_bytes()).await;
+                    written.push(key);
+                }
+                written
+            });
+        }
+        let results = join_all(tasks).await;
+        let after = fsyncs().await;
+        let elapsed = started.elapsed();
+
+        // One in flight as the count was read, one right away after the quiet spell, then
+        // at most one per interval.
+        let bound = 2.0 + (elapsed.as_secs_f64() / INTERVAL.as_secs_f64()).floor();
+        for ((id, before), after) in nodes.iter().zip(before).zip(after) {
+            let synced = after - before;
+            assert!(
+                synced <= bound,
+                "node {id}: {synced} raft-log fsyncs in {elapsed:?} of writes, more than one \
+                 per {INTERVAL:?} allows ({bound})"
+            );
+        }
+        let mut model = Model::default();
+        for key in results.into_iter().flatten() {
+            model.put(&key, key.as_bytes());
+        }
+        assert_eq!(model.len(), CLIENTS * WRITES_PER_CLIENT);
+        for &id in &nodes {
+            cluster.assert_reads(id, &model).await;
+        }
+    });
+}

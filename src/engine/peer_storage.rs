@@ -391,11 +391,6 @@ impl PeerStorage {
         must_persist
     }
 
-    /// Records a commit index learned after persistence (LightReady); persisted lazily.
-    pub fn set_commit_index(&mut self, commit: u64) {
-        self.raft_state.commit = commit;
-    }
-
     /// Stages the raft state (hard state + last position).
     pub fn write_raft_state(&self, batch: &mut WriteBatch) -> Result<()> {
         batch.put_msg(

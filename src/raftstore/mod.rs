@@ -39,6 +39,9 @@ pub trait RaftSender: Send + Sync + 'static {
 }
 
 /// Raftstore settings. Defaults suit a production LAN; tests shorten the tick.
+/// See `StoreConfig::raft_sync_interval`.
+pub const DEFAULT_RAFT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub store_id: u64,
@@ -74,6 +77,11 @@ pub struct StoreConfig {
     /// Leaders answer linearizable reads under a quorum-confirmed lease (see
     /// `peer/lease.rs`) instead of a ReadIndex round trip per batch.
     pub lease_reads: bool,
+    /// Group commit across rounds: a poller syncs its raft log at most once per interval
+    /// while writes keep coming (rounds in between write without an fsync and hold back
+    /// what must wait for durability: acks, votes, applying). A write after a quiet spell
+    /// syncs at once. Zero syncs every round.
+    pub raft_sync_interval: std::time::Duration,
     /// When this store started: it refuses votes for a while after (lease safety), for
     /// `startup_vote_refusal` — the longer of its window and the one it ran with before the
     /// restart (set by `RaftStore::start`; see `startup_vote_refusal`).
@@ -130,6 +138,7 @@ impl StoreConfig {
             vote_windows: Arc::default(),
             hibernate_regions: true,
             lease_reads: true,
+            raft_sync_interval: DEFAULT_RAFT_SYNC_INTERVAL,
             started: std::time::Instant::now(),
             startup_vote_refusal: std::time::Duration::ZERO,
         }
@@ -229,6 +238,9 @@ impl RaftStore {
                 known_stores: Vec::new(),
                 awake: std::collections::HashSet::new(),
                 runtime: runtime.clone(),
+                unsynced: Vec::new(),
+                log_dirty: false,
+                last_sync: None,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("raft-poller-{}-{index}", cfg.store_id))

@@ -114,6 +114,19 @@ fn expired(expire_at_ms: u64, now_ms: u64) -> bool {
     expire_at_ms != 0 && now_ms != 0 && expire_at_ms <= now_ms
 }
 
+/// A ready whose writes are in the engine but not yet synced (see
+/// [`PeerFsm::advance_unsynced`]).
+pub struct Unsynced {
+    /// The peer it belongs to: a region's peer destroyed and created anew meanwhile is not
+    /// told about its predecessor's writes.
+    peer_id: u64,
+    number: u64,
+    /// What may go out only once the writes are durable (a follower's acks, votes).
+    messages: Vec<RaftMessage>,
+    /// A snapshot the ready applied: its file goes once the data is durable.
+    snapshot: Option<Snapshot>,
+}
+
 pub struct PeerFsm {
     pub raw: RawNode<PeerStorage>,
     pub peer: Peer,
@@ -1166,29 +1179,38 @@ impl PeerFsm {
         Ok(self.committed.len() < queued)
     }
 
-    /// Phase 2a, after the raft batch is durable: queue the messages that waited for it (a
-    /// follower's acks) and advance raft, queueing what it committed for
-    /// [`apply_pending`](Self::apply_pending).
-    pub fn advance_persisted(
-        &mut self,
-        mut ready: Ready,
-        applied_snapshot: Option<Snapshot>,
-        outbox: &mut Vec<RaftMessage>,
-    ) {
-        if let Some(snapshot) = applied_snapshot {
+    /// Phase 2a, once the ready's writes are in the engine (not yet synced): raft may go on
+    /// (its next ready can be taken before this one is durable); what must wait for
+    /// durability — a follower's acks and votes, applying the new entries — is held in the
+    /// returned [`Unsynced`] until the poller's next fsync ([`on_synced`](Self::on_synced)).
+    pub fn advance_unsynced(&mut self, mut ready: Ready, snapshot: Option<Snapshot>) -> Unsynced {
+        let mut messages = Vec::new();
+        let persisted = ready.take_persisted_messages();
+        self.wrap_messages(persisted, &mut messages);
+        let number = ready.number();
+        self.raw.advance_append_async(ready);
+        Unsynced {
+            peer_id: self.peer.id,
+            number,
+            messages,
+            snapshot,
+        }
+    }
+
+    /// Phase 2a': the writes of `unsynced` (and of every earlier ready) are durable: queue
+    /// the messages that waited for them and let raft hand out what they unblocked (in the
+    /// next ready).
+    pub fn on_synced(&mut self, unsynced: Unsynced, outbox: &mut Vec<RaftMessage>) {
+        if unsynced.peer_id != self.peer.id {
+            return;
+        }
+        if let Some(snapshot) = unsynced.snapshot {
             self.raw.store().remove_snapshot_file(&snapshot);
             self.snapshots_applied += 1;
             metrics::counter!("ringkv_raft_snapshots_applied_total").increment(1);
         }
-        let persisted = ready.take_persisted_messages();
-        self.wrap_messages(persisted, outbox);
-        let mut light = self.raw.advance_append(ready);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit_index(commit);
-        }
-        let messages = light.take_messages();
-        self.wrap_messages(messages, outbox);
-        self.queue_committed(light.take_committed_entries());
+        self.raw.on_persist_ready(unsynced.number);
+        outbox.extend(unsynced.messages);
     }
 
     /// Phase 2b: stage every committed entry not yet applied into `apply_batch`.
@@ -1950,18 +1972,24 @@ mod batching_tests {
             panic!("raft kept producing readies");
         }
 
-        /// Takes the Ready, writes it synced and advances raft past it: what it committed is
-        /// queued for the apply.
+        /// Takes the Ready, writes it synced and advances raft past it, then takes the ready
+        /// that durability unblocked: what they committed is queued for the apply.
         fn persist(&mut self) {
-            let (mut raft_batch, mut outbox) = (self.engine.batch(), Vec::new());
-            let mut ready = self.peer.raw.ready();
-            self.peer.take_ready_messages(&mut ready, &mut outbox);
-            let snapshot = self
-                .peer
-                .handle_ready_persist(&mut ready, &mut raft_batch)
-                .expect("persist");
-            self.engine.write(raft_batch, true).expect("log write");
-            self.peer.advance_persisted(ready, snapshot, &mut outbox);
+            for _ in 0..2 {
+                if !self.peer.raw.has_ready() {
+                    return;
+                }
+                let (mut raft_batch, mut outbox) = (self.engine.batch(), Vec::new());
+                let mut ready = self.peer.raw.ready();
+                self.peer.take_ready_messages(&mut ready, &mut outbox);
+                let snapshot = self
+                    .peer
+                    .handle_ready_persist(&mut ready, &mut raft_batch)
+                    .expect("persist");
+                self.engine.write(raft_batch, true).expect("log write");
+                let unsynced = self.peer.advance_unsynced(ready, snapshot);
+                self.peer.on_synced(unsynced, &mut outbox);
+            }
         }
 
         /// Applies what is queued, serves the reads it unblocks, compacts the log; sends

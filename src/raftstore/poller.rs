@@ -1,15 +1,18 @@
 //! The batch loop. Each poller thread owns a disjoint set of peers and, every round:
 //!
 //! 1. drains its mailbox (raft messages, client commands) and ticks peers when due;
-//! 2. collects every touched peer's `Ready` and stages new log entries, hard states and
-//!    received snapshots of ALL of them into one `WriteBatch`, written with ONE fsync
-//!    (group commit across regions);
-//!    Before that write, what leaders' readies commit (already durable on a quorum, this
-//!    store included) is applied and answered: the fsync covers only newer entries;
-//! 3. sends the messages that waited for the write (followers' acks) and advances raft, then
-//!    applies committed entries of all peers into one more batch — data and applied index
-//!    together, so a crash can never separate them;
-//! 4. answers writes (after apply) and reads (once applied >= read index).
+//! 2. collects every touched peer's `Ready`; leaders' appends go out at once. What leaders'
+//!    readies commit (durable on a quorum, this store included) is applied and answered;
+//! 3. stages new log entries, hard states and received snapshots of ALL touched peers into
+//!    one `WriteBatch` (group commit across regions) and writes it. The fsync that makes it
+//!    durable is group-committed across rounds too: at most one per `raft_sync_interval`
+//!    while writes keep coming (one right away after a quiet spell, or for a snapshot). Until
+//!    it, raft goes on (`advance_append_async`) while what must wait for durability is held
+//!    (`Unsynced`: a follower's acks and votes; raft itself applies only durable entries);
+//! 4. applies committed entries of all peers into one more batch — data and applied index
+//!    together, so a crash can never separate them — and answers writes (after apply) and
+//!    reads (once applied >= read index);
+//! 5. once the interval has passed, syncs and releases what was held (`sync_if_due`).
 //!
 //! A failed write stops the node: continuing after an fsync error could acknowledge data that
 //! is not durable (crash-stop).
@@ -17,7 +20,8 @@
 //! Crash points (`fail` crate, `failpoints` feature; `FAILPOINTS=name=panic` makes the node
 //! abort there, see `tests/nemesis.rs`): `raft_before_log_write`, `raft_after_log_write`,
 //! `apply_early_before_write`, `apply_early_after_write` (leaders' apply before the
-//! raft-log write), `apply_before_write`, `apply_after_write`, `gc_before_write`.
+//! round's raft-log write), `apply_before_write`, `apply_after_write`, `gc_before_write`.
+//! The `raft_*_log_write` points bracket the fsync.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMsg, MessageType};
 
 use super::msg::{PeerMsg, Reply};
-use super::peer::PeerFsm;
+use super::peer::{PeerFsm, Unsynced};
 use super::router::{PollerMsg, Router};
 use super::{RaftSender, StoreConfig};
 use crate::engine::{Engine, EngineError, PeerStorage, PersistedRegion, WriteBatch};
@@ -61,6 +65,13 @@ pub struct Poller {
     /// The async runtime serving this store's clients, when there is one: a round's write
     /// answers go to it as one task (see `answer`).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Readies whose writes are in the engine but not yet synced, in order: what waits for
+    /// the next fsync (see `sync_if_due`).
+    pub unsynced: Vec<(u64, Unsynced)>,
+    /// Whether raft-log writes were made since the last fsync.
+    pub log_dirty: bool,
+    /// When the last fsync started.
+    pub last_sync: Option<Instant>,
 }
 
 /// Ticks between refreshes of `known_stores`.
@@ -76,9 +87,14 @@ impl Poller {
         let mut next_tick = started + self.tick_interval();
         let mut touched: HashSet<u64> = HashSet::new();
         loop {
-            // Peers left with work by the last round go again without waiting.
+            // Peers left with work by the last round go again without waiting; a deferred
+            // fsync is due by its deadline.
             let wait = if touched.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
+                let until = match self.sync_deadline() {
+                    Some(deadline) => deadline.min(next_tick),
+                    None => next_tick,
+                };
+                until.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -108,6 +124,9 @@ impl Poller {
             match self.process_readies(&touched) {
                 Ok(again) => touched = again,
                 Err(err) => crash_stop(self.cfg.store_id, &err),
+            }
+            if let Err(err) = self.sync_if_due(&mut touched) {
+                crash_stop(self.cfg.store_id, &err);
             }
         }
     }
@@ -604,30 +623,32 @@ impl Poller {
             }
         }
         let mut raft_batch = self.engine.batch();
-        let mut staged = Vec::with_capacity(readies.len());
+        let mut advanced = Vec::with_capacity(readies.len());
+        let mut snapshot_applied = false;
         for (region_id, mut ready) in readies {
             let Some(peer) = self.peers.get_mut(&region_id) else {
                 continue;
             };
             let snapshot = peer.handle_ready_persist(&mut ready, &mut raft_batch)?;
-            staged.push((region_id, ready, snapshot));
-        }
-        let readies = staged;
-        fail::fail_point!("raft_before_log_write");
-        if !raft_batch.is_empty() {
-            self.write_timed(raft_batch, true, &LOG_WRITE)?;
-            metrics::counter!("ringkv_raft_log_fsync_total").increment(1);
-        }
-        fail::fail_point!("raft_after_log_write");
-
-        // What waited for the write (followers' acks) goes out before any apply work.
-        let mut advanced = Vec::with_capacity(readies.len());
-        for (region_id, ready, snapshot) in readies {
-            let Some(peer) = self.peers.get_mut(&region_id) else {
-                continue;
-            };
-            peer.advance_persisted(ready, snapshot, &mut outbox);
+            snapshot_applied |= snapshot.is_some();
+            let unsynced = peer.advance_unsynced(ready, snapshot);
+            self.unsynced.push((region_id, unsynced));
             advanced.push(region_id);
+        }
+        if !raft_batch.is_empty() {
+            // Synced now when due (or when a snapshot's data must be durable before its file
+            // goes); otherwise the fsync waits for more rounds' writes (`sync_if_due`).
+            let sync = snapshot_applied || self.sync_deadline_passed();
+            if sync {
+                self.sync_log(Some(raft_batch))?;
+            } else {
+                self.write_timed(raft_batch, false, &LOG_WRITE)?;
+                self.log_dirty = true;
+            }
+        }
+        if !self.log_dirty {
+            // Nothing waits for an fsync: what was held goes now (and raft goes on).
+            self.release_unsynced(&mut outbox, &mut again);
         }
         self.flush_outbox(&mut outbox);
         let mut apply_batch = self.engine.batch();
@@ -728,6 +749,64 @@ impl Poller {
                 }
             }
         }
+    }
+
+    /// When the deferred fsync is due: `None` while nothing waits for one.
+    fn sync_deadline(&self) -> Option<Instant> {
+        if !self.log_dirty {
+            return None;
+        }
+        Some(match self.last_sync {
+            Some(last) => last + self.cfg.raft_sync_interval,
+            None => Instant::now(),
+        })
+    }
+
+    /// Whether an fsync now keeps to `raft_sync_interval`.
+    fn sync_deadline_passed(&self) -> bool {
+        self.last_sync
+            .is_none_or(|last| last.elapsed() >= self.cfg.raft_sync_interval)
+    }
+
+    /// Makes the raft log durable: `batch` written synced, or (none) the writes made so far.
+    fn sync_log(&mut self, batch: Option<WriteBatch>) -> Result<(), EngineError> {
+        fail::fail_point!("raft_before_log_write");
+        let started = Instant::now();
+        match batch {
+            Some(batch) => self.write_timed(batch, true, &LOG_WRITE)?,
+            None => self.engine.sync_wal()?,
+        }
+        metrics::histogram!("ringkv_raft_log_sync_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        fail::fail_point!("raft_after_log_write");
+        metrics::counter!("ringkv_raft_log_fsync_total").increment(1);
+        self.last_sync = Some(started);
+        self.log_dirty = false;
+        Ok(())
+    }
+
+    /// Hands every held ready its durability: what waited for it joins `outbox`, and its
+    /// peer goes again (raft may now hand out what the writes unblocked).
+    fn release_unsynced(&mut self, outbox: &mut Vec<RaftMessage>, again: &mut HashSet<u64>) {
+        for (region_id, unsynced) in self.unsynced.drain(..) {
+            if let Some(peer) = self.peers.get_mut(&region_id) {
+                peer.on_synced(unsynced, outbox);
+                again.insert(region_id);
+            }
+        }
+    }
+
+    /// The deferred fsync, once due: syncs what earlier rounds wrote and releases what
+    /// waited for it.
+    fn sync_if_due(&mut self, touched: &mut HashSet<u64>) -> Result<(), EngineError> {
+        if !self.log_dirty || !self.sync_deadline_passed() {
+            return Ok(());
+        }
+        self.sync_log(None)?;
+        let mut outbox = Vec::new();
+        self.release_unsynced(&mut outbox, touched);
+        self.flush_outbox(&mut outbox);
+        Ok(())
     }
 
     /// Writes `batch`, recording its duration and size in `histograms`.

@@ -85,6 +85,8 @@ pub struct NodeConfig {
     pub engine: EngineOptions,
     /// Idle regions stop ticking until traffic wakes them.
     pub hibernate_regions: bool,
+    /// See `StoreConfig::raft_sync_interval`.
+    pub raft_sync_interval: std::time::Duration,
     /// Leaders answer linearizable reads under a quorum-confirmed lease.
     pub lease_reads: bool,
     pub limits: Limits,
@@ -356,6 +358,7 @@ impl Node {
         store_cfg.raft_log_gc_size = cfg.raft_log_gc_size;
         store_cfg.pollers = cfg.pollers;
         store_cfg.hibernate_regions = cfg.hibernate_regions;
+        store_cfg.raft_sync_interval = cfg.raft_sync_interval;
         store_cfg.lease_reads = cfg.lease_reads;
         let disk_monitor = tokio::spawn(watch_disk(
             cfg.data_dir.clone(),
