@@ -65,6 +65,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             hibernate_regions: true,
             lease_reads: true,
             raft_sync_interval: crate::raftstore::DEFAULT_RAFT_SYNC_INTERVAL,
+            raft_sync_batch_writes: crate::raftstore::DEFAULT_RAFT_SYNC_BATCH_WRITES,
             reserve_space_bytes: crate::server::DEFAULT_RESERVE_SPACE_BYTES,
             split: SplitPolicy {
                 size_bytes: DEFAULT_REGION_SPLIT_SIZE,

@@ -190,6 +190,10 @@ struct NodeArgs {
     /// a quiet spell is synced at once; 0 syncs every poller round.
     #[arg(long, default_value_t = ringkv::raftstore::DEFAULT_RAFT_SYNC_INTERVAL.as_micros() as u64)]
     raft_sync_interval_us: u64,
+    /// ... unless this many client writes already wait for the fsync: then it comes at once
+    /// (the batch is worth an fsync; under heavy load the interval would only add latency).
+    #[arg(long, default_value_t = ringkv::raftstore::DEFAULT_RAFT_SYNC_BATCH_WRITES)]
+    raft_sync_batch_writes: u64,
     /// Refuse client writes (HTTP 507 disk_full) while the data dir's file system has less
     /// free space than this; they resume once space is freed. 0 = never refuse.
     #[arg(long, default_value_t = ringkv::server::DEFAULT_RESERVE_SPACE_BYTES)]
@@ -331,6 +335,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         hibernate_regions: args.hibernate_regions,
         lease_reads: args.lease_reads,
         raft_sync_interval: std::time::Duration::from_micros(args.raft_sync_interval_us),
+        raft_sync_batch_writes: args.raft_sync_batch_writes.max(1),
         reserve_space_bytes: args.reserve_space_bytes,
         split: ringkv::server::SplitPolicy {
             size_bytes: args.region_split_size_bytes,

@@ -41,6 +41,8 @@ pub trait RaftSender: Send + Sync + 'static {
 /// Raftstore settings. Defaults suit a production LAN; tests shorten the tick.
 /// See `StoreConfig::raft_sync_interval`.
 pub const DEFAULT_RAFT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+/// See `StoreConfig::raft_sync_batch_writes`.
+pub const DEFAULT_RAFT_SYNC_BATCH_WRITES: u64 = 24;
 
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -82,6 +84,9 @@ pub struct StoreConfig {
     /// what must wait for durability: acks, votes, applying). A write after a quiet spell
     /// syncs at once. Zero syncs every round.
     pub raft_sync_interval: std::time::Duration,
+    /// ... unless this many client writes wait for it already: the fsync is worth it now
+    /// (under heavy load the interval would only add latency).
+    pub raft_sync_batch_writes: u64,
     /// When this store started: it refuses votes for a while after (lease safety), for
     /// `startup_vote_refusal` — the longer of its window and the one it ran with before the
     /// restart (set by `RaftStore::start`; see `startup_vote_refusal`).
@@ -139,6 +144,7 @@ impl StoreConfig {
             hibernate_regions: true,
             lease_reads: true,
             raft_sync_interval: DEFAULT_RAFT_SYNC_INTERVAL,
+            raft_sync_batch_writes: DEFAULT_RAFT_SYNC_BATCH_WRITES,
             started: std::time::Instant::now(),
             startup_vote_refusal: std::time::Duration::ZERO,
         }
@@ -240,6 +246,7 @@ impl RaftStore {
                 runtime: runtime.clone(),
                 unsynced: Vec::new(),
                 log_dirty: false,
+                unsynced_writes: 0,
                 last_sync: None,
             };
             let handle = std::thread::Builder::new()

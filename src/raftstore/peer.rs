@@ -114,6 +114,12 @@ fn expired(expire_at_ms: u64, now_ms: u64) -> bool {
     expire_at_ms != 0 && now_ms != 0 && expire_at_ms <= now_ms
 }
 
+/// Client writes an entry carries: a write entry's context holds their count (big-endian
+/// u32); any other entry is one command.
+pub fn entry_writes(entry: &Entry) -> u64 {
+    <[u8; 4]>::try_from(entry.get_context()).map_or(1, |count| u64::from(u32::from_be_bytes(count)))
+}
+
 /// A ready whose writes are in the engine but not yet synced (see
 /// [`PeerFsm::advance_unsynced`]).
 pub struct Unsynced {
@@ -883,7 +889,8 @@ impl PeerFsm {
                 cmd.batch.push(write);
             }
         }
-        if let Err(err) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
+        let context = (count as u32).to_be_bytes().to_vec();
+        if let Err(err) = self.raw.propose(context, cmd.encode_to_vec()) {
             tracing::debug!(region = self.region_id(), %err, "proposal dropped");
             let busy = msg::server_is_busy(&format!("proposal dropped: {err}"), 50);
             for (_, reply) in waiting {

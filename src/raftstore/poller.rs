@@ -32,7 +32,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMsg, MessageType};
 
 use super::msg::{PeerMsg, Reply};
-use super::peer::{PeerFsm, Unsynced};
+use super::peer::{entry_writes, PeerFsm, Unsynced};
 use super::router::{PollerMsg, Router};
 use super::{RaftSender, StoreConfig};
 use crate::engine::{Engine, EngineError, PeerStorage, PersistedRegion, WriteBatch};
@@ -70,6 +70,8 @@ pub struct Poller {
     pub unsynced: Vec<(u64, Unsynced)>,
     /// Whether raft-log writes were made since the last fsync.
     pub log_dirty: bool,
+    /// Client writes in the entries written since the last fsync.
+    pub unsynced_writes: u64,
     /// When the last fsync started.
     pub last_sync: Option<Instant>,
 }
@@ -629,6 +631,7 @@ impl Poller {
             let Some(peer) = self.peers.get_mut(&region_id) else {
                 continue;
             };
+            self.unsynced_writes += ready.entries().iter().map(entry_writes).sum::<u64>();
             let snapshot = peer.handle_ready_persist(&mut ready, &mut raft_batch)?;
             snapshot_applied |= snapshot.is_some();
             let unsynced = peer.advance_unsynced(ready, snapshot);
@@ -636,9 +639,12 @@ impl Poller {
             advanced.push(region_id);
         }
         if !raft_batch.is_empty() {
-            // Synced now when due (or when a snapshot's data must be durable before its file
-            // goes); otherwise the fsync waits for more rounds' writes (`sync_if_due`).
-            let sync = snapshot_applied || self.sync_deadline_passed();
+            // Synced now when due, when enough writes wait for it, or when a snapshot's data
+            // must be durable before its file goes; otherwise the fsync waits for more
+            // rounds' writes (`sync_if_due`).
+            let sync = snapshot_applied
+                || self.sync_deadline_passed()
+                || self.unsynced_writes >= self.cfg.raft_sync_batch_writes;
             if sync {
                 self.sync_log(Some(raft_batch))?;
             } else {
@@ -782,6 +788,7 @@ impl Poller {
         metrics::counter!("ringkv_raft_log_fsync_total").increment(1);
         self.last_sync = Some(started);
         self.log_dirty = false;
+        self.unsynced_writes = 0;
         Ok(())
     }
 

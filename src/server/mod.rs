@@ -87,6 +87,8 @@ pub struct NodeConfig {
     pub hibernate_regions: bool,
     /// See `StoreConfig::raft_sync_interval`.
     pub raft_sync_interval: std::time::Duration,
+    /// See `StoreConfig::raft_sync_batch_writes`.
+    pub raft_sync_batch_writes: u64,
     /// Leaders answer linearizable reads under a quorum-confirmed lease.
     pub lease_reads: bool,
     pub limits: Limits,
@@ -359,6 +361,7 @@ impl Node {
         store_cfg.pollers = cfg.pollers;
         store_cfg.hibernate_regions = cfg.hibernate_regions;
         store_cfg.raft_sync_interval = cfg.raft_sync_interval;
+        store_cfg.raft_sync_batch_writes = cfg.raft_sync_batch_writes;
         store_cfg.lease_reads = cfg.lease_reads;
         let disk_monitor = tokio::spawn(watch_disk(
             cfg.data_dir.clone(),
