@@ -2086,6 +2086,19 @@ mod batching_tests {
             before + 1,
             "five writes, one entry"
         );
+        // The entry tells every replica how many client writes its fsync covers.
+        let entry = solo
+            .peer
+            .raw
+            .store()
+            .entries(
+                before + 1,
+                before + 2,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .expect("the entry");
+        assert_eq!(entry_writes(&entry[0]), 5);
         let got: Vec<KvResponse> = answers.into_iter().map(answer).collect();
         assert_eq!(
             got,
@@ -2123,6 +2136,7 @@ mod batching_tests {
         let cmd = RaftCmd::decode(entry.get_data()).expect("command");
         assert!(cmd.batch.is_empty());
         assert_eq!(cmd.request_id, 16);
+        assert_eq!(entry_writes(&entry), 1);
     }
 
     /// Entries as a Ready would hand them over: after `last`, in `term`.
