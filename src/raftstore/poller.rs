@@ -6,7 +6,8 @@
 //! 3. stages new log entries, hard states and received snapshots of ALL touched peers into
 //!    one `WriteBatch` (group commit across regions) and writes it. The fsync that makes it
 //!    durable is group-committed across rounds too: at most one per `raft_sync_interval`
-//!    while writes keep coming (one right away after a quiet spell, or for a snapshot). Until
+//!    while writes keep coming (one right away after a quiet spell, once
+//!    `raft_sync_batch_writes` client writes wait, or for a snapshot). Until
 //!    it, raft goes on (`advance_append_async`) while what must wait for durability is held
 //!    (`Unsynced`: a follower's acks and votes; raft itself applies only durable entries);
 //! 4. applies committed entries of all peers into one more batch — data and applied index
