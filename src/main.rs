@@ -190,8 +190,9 @@ struct NodeArgs {
     /// a quiet spell is synced at once; 0 syncs every poller round.
     #[arg(long, default_value_t = ringkv::raftstore::DEFAULT_RAFT_SYNC_INTERVAL.as_micros() as u64)]
     raft_sync_interval_us: u64,
-    /// ... unless this many client writes already wait for the fsync: then it comes at once
-    /// (the batch is worth an fsync; under heavy load the interval would only add latency).
+    /// Sync the raft log at once, before --raft-sync-interval-us has passed, once this many
+    /// client writes wait for the fsync (the batch is worth one; under heavy load the
+    /// interval would only add latency).
     #[arg(long, default_value_t = ringkv::raftstore::DEFAULT_RAFT_SYNC_BATCH_WRITES)]
     raft_sync_batch_writes: u64,
     /// Refuse client writes (HTTP 507 disk_full) while the data dir's file system has less

@@ -84,8 +84,9 @@ pub struct StoreConfig {
     /// what must wait for durability: acks, votes, applying). A write after a quiet spell
     /// syncs at once. Zero syncs every round.
     pub raft_sync_interval: std::time::Duration,
-    /// ... unless this many client writes wait for it already: the fsync is worth it now
-    /// (under heavy load the interval would only add latency).
+    /// The fsync comes at once, before the interval has passed, once this many client writes
+    /// wait for it (the batch is worth one; under heavy load the interval would only add
+    /// latency).
     pub raft_sync_batch_writes: u64,
     /// When this store started: it refuses votes for a while after (lease safety), for
     /// `startup_vote_refusal` — the longer of its window and the one it ran with before the
