@@ -1363,7 +1363,7 @@ impl PeerFsm {
     /// Applies the queued committed entries into `batch`. With `writes_only`, stops before
     /// the first membership change or admin command and leaves it, and what follows, queued
     /// for after raft has advanced past this round's Ready: raft-rs must not see its
-    /// configuration change between `ready()` and `advance_append` (a leader applying its own
+    /// configuration change between `ready()` and its advance (a leader applying its own
     /// removal there would lose its own progress entry), and a split or merge must not reach
     /// the router before the round's regions are adopted.
     fn apply_committed(
